@@ -1,0 +1,24 @@
+#include "error.h"
+
+#include <lmdb.h>
+#include <string.h>
+
+const char *error_str(int err)
+{
+    if (err >= 0)
+        return "success";
+    switch (err) {
+#define XX(name, code, text)                                                                       \
+    case ERROR_##name:                                                                             \
+        return text;
+        ERROR_MAP(XX)
+#undef XX
+    default:
+        break;
+    }
+    if (err <= ERROR_BASE && err >= ERROR_LAST)
+        return "unknown smtpsync error";
+    if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)
+        return mdb_strerror(err);
+    return strerror(-err);
+}

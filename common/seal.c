@@ -1,0 +1,213 @@
+#include "seal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "error.h"
+
+#define SEAL_VERSION 0x01
+
+static int read_full(int fd, uint8_t *buf, size_t len)
+{
+    size_t off = 0;
+
+    while (off < len) {
+        ssize_t n = read(fd, buf + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return ERROR_KEYFILE; /* shorter than a key */
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const uint8_t *buf, size_t len)
+{
+    size_t off = 0;
+
+    while (off < len) {
+        ssize_t n = write(fd, buf + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+/* fsync the directory holding `path`, so a new key file survives a crash. */
+static int sync_parent(const char *path)
+{
+    char copy[PATH_MAX];
+    int fd, rc = 0;
+
+    if (strlen(path) >= sizeof(copy))
+        return -ENAMETOOLONG;
+    strcpy(copy, path);
+    fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd) != 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+static int key_create(const char *path, struct seal_key *key)
+{
+    int fd, rc;
+
+    if (RAND_bytes(key->bytes, SEAL_KEY_LEN) != 1)
+        return ERROR_CRYPTO;
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    rc = write_full(fd, key->bytes, SEAL_KEY_LEN);
+    if (rc == 0 && fsync(fd) != 0)
+        rc = -errno;
+    close(fd);
+    if (rc == 0)
+        rc = sync_parent(path);
+    if (rc != 0) {
+        /* A partial key file would be refused on the next start; remove it. */
+        unlink(path);
+        seal_key_wipe(key);
+    }
+    return rc;
+}
+
+int seal_key_load(const char *path, bool create, struct seal_key *key)
+{
+    struct stat st;
+    int fd, rc;
+
+    memset(key, 0, sizeof(*key));
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        if (errno == ENOENT && create) {
+            rc = key_create(path, key);
+            /* Another process may have created it first; then load theirs. */
+            if (rc != -EEXIST)
+                return rc;
+            fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        }
+        if (fd < 0)
+            return errno == ELOOP ? ERROR_KEYFILE : -errno;
+    }
+    if (fstat(fd, &st) != 0) {
+        rc = -errno;
+        goto close_fd;
+    }
+    /* Like ssh with its private keys: a key others can read is not secret. */
+    if (!S_ISREG(st.st_mode) || (st.st_mode & 077) != 0 || st.st_size != SEAL_KEY_LEN) {
+        rc = ERROR_KEYFILE;
+        goto close_fd;
+    }
+    rc = read_full(fd, key->bytes, SEAL_KEY_LEN);
+    if (rc != 0)
+        seal_key_wipe(key);
+close_fd:
+    close(fd);
+    return rc;
+}
+
+void seal_key_wipe(struct seal_key *key)
+{
+    OPENSSL_cleanse(key->bytes, sizeof(key->bytes));
+}
+
+/*
+ * One AES-256-GCM pass. `enc` selects direction; for decryption `tag` is
+ * checked and a mismatch yields ERROR_TAMPERED.
+ */
+static int gcm(const struct seal_key *key, int enc, const uint8_t *nonce, const char *aad,
+               const uint8_t *in, size_t len, uint8_t *out, uint8_t *tag)
+{
+    EVP_CIPHER_CTX *ctx;
+    int n, rc = ERROR_CRYPTO;
+    size_t aadlen = aad != NULL ? strlen(aad) : 0;
+
+    if (len > INT_MAX || aadlen > INT_MAX)
+        return -EOVERFLOW;
+    ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL)
+        return -ENOMEM;
+    if (EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL, enc) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, SEAL_NONCE_LEN, NULL) != 1 ||
+        EVP_CipherInit_ex(ctx, NULL, NULL, key->bytes, nonce, enc) != 1)
+        goto free_ctx;
+    if (aadlen > 0 && EVP_CipherUpdate(ctx, NULL, &n, (const uint8_t *)aad, (int)aadlen) != 1)
+        goto free_ctx;
+    if (len > 0 && EVP_CipherUpdate(ctx, out, &n, in, (int)len) != 1)
+        goto free_ctx;
+    if (!enc && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, SEAL_TAG_LEN, tag) != 1)
+        goto free_ctx;
+    if (EVP_CipherFinal_ex(ctx, out + len, &n) != 1) {
+        rc = enc ? ERROR_CRYPTO : ERROR_TAMPERED;
+        goto free_ctx;
+    }
+    if (enc && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, SEAL_TAG_LEN, tag) != 1)
+        goto free_ctx;
+    rc = 0;
+free_ctx:
+    EVP_CIPHER_CTX_free(ctx);
+    return rc;
+}
+
+int seal_seal(const struct seal_key *key, const char *aad, const uint8_t *plain, size_t len,
+              uint8_t *out, size_t cap, size_t *out_len)
+{
+    uint8_t *nonce = out + 1, *ct = out + 1 + SEAL_NONCE_LEN;
+    int rc;
+
+    if (cap < seal_sealed_len(len))
+        return -ENOSPC;
+    out[0] = SEAL_VERSION;
+    /* Random 96-bit nonces: safe far beyond the number of secrets a node
+     * ever seals under one key (NIST SP 800-38D, 2^32 invocations). */
+    if (RAND_bytes(nonce, SEAL_NONCE_LEN) != 1)
+        return ERROR_CRYPTO;
+    rc = gcm(key, 1, nonce, aad, plain, len, ct, ct + len);
+    if (rc != 0) {
+        OPENSSL_cleanse(out, cap);
+        return rc;
+    }
+    *out_len = seal_sealed_len(len);
+    return 0;
+}
+
+int seal_open(const struct seal_key *key, const char *aad, const uint8_t *blob, size_t len,
+              uint8_t *out, size_t cap, size_t *out_len)
+{
+    uint8_t tag[SEAL_TAG_LEN];
+    size_t plen;
+    int rc;
+
+    if (len < SEAL_OVERHEAD || blob[0] != SEAL_VERSION)
+        return ERROR_TAMPERED;
+    plen = len - SEAL_OVERHEAD;
+    if (cap < plen)
+        return -ENOSPC;
+    memcpy(tag, blob + len - SEAL_TAG_LEN, SEAL_TAG_LEN);
+    rc = gcm(key, 0, blob + 1, aad, blob + 1 + SEAL_NONCE_LEN, plen, out, tag);
+    if (rc != 0) {
+        /* Never hand back unauthenticated plaintext. */
+        OPENSSL_cleanse(out, plen);
+        return rc;
+    }
+    *out_len = plen;
+    return 0;
+}

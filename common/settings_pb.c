@@ -1,0 +1,219 @@
+#include "settings_pb.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+
+/*
+ * protobuf-c declares string fields as `char *` although packing never
+ * writes through them; the view only borrows the record's strings.
+ */
+#define BORROW(str) ((char *)(uintptr_t)(str))
+
+static Smtpsync__TlsMode tls_mode_to_pb(enum settings_tls_mode m)
+{
+    switch (m) {
+    case SETTINGS_TLS_STRICT:
+        return SMTPSYNC__TLS_MODE__TLS_MODE_STRICT;
+    case SETTINGS_TLS_STARTTLS:
+        return SMTPSYNC__TLS_MODE__TLS_MODE_STARTTLS;
+    case SETTINGS_TLS_UNSET:
+        break;
+    }
+    return SMTPSYNC__TLS_MODE__TLS_MODE_UNSET;
+}
+
+int settings_pb_view(struct settings_pb *v, const struct settings *s,
+                     enum settings_pb_secret secret)
+{
+    const struct settings_timeouts *t = &s->timeouts;
+    Smtpsync__Settings *m = &v->msg;
+
+    if (secret == SETTINGS_PB_SECRET_PLAIN && s->password_set && s->password == NULL)
+        return ERROR_INVALID;
+
+    smtpsync__settings__init(m);
+    smtpsync__secret__init(&v->secret);
+    smtpsync__timeouts__init(&v->timeouts);
+
+    m->instance = BORROW(s->instance);
+    m->hostname = BORROW(s->hostname);
+    m->port = s->port;
+    m->from_address = BORROW(s->from_address);
+    m->logon_required = s->logon_required;
+    m->user_id = BORROW(s->user_id);
+    m->smtps_enabled = s->smtps_enabled;
+    m->trust_certificate = BORROW(s->trust_certificate != NULL ? s->trust_certificate : "");
+    m->tls_mode = tls_mode_to_pb(s->tls_mode);
+    m->test_address = BORROW(s->test_address);
+    m->starttls_fallback = s->starttls_fallback;
+    m->allow_plaintext_auth = s->allow_plaintext_auth;
+
+    if (s->password_set) {
+        v->secret.id.data = (uint8_t *)(uintptr_t)s->password_id;
+        v->secret.id.len = SETTINGS_SECRET_ID_LEN;
+        if (secret == SETTINGS_PB_SECRET_PLAIN) {
+            v->secret.plaintext.data = (uint8_t *)s->password;
+            v->secret.plaintext.len = strlen(s->password);
+        }
+        m->password = &v->secret;
+    }
+
+    v->timeouts.connect = t->connect;
+    v->timeouts.greeting = t->greeting;
+    v->timeouts.command = t->command;
+    v->timeouts.mail = t->mail;
+    v->timeouts.rcpt = t->rcpt;
+    v->timeouts.data_init = t->data_init;
+    v->timeouts.data_block = t->data_block;
+    v->timeouts.data_term = t->data_term;
+    /* An all-default Timeouts is left out, so records without timeouts
+     * encode (and hash) the same as before the field existed. */
+    if (t->connect | t->greeting | t->command | t->mail | t->rcpt | t->data_init | t->data_block |
+        t->data_term)
+        m->timeouts = &v->timeouts;
+
+    for (size_t i = 0; i < s->nrelays && i < SETTINGS_RELAYS_MAX; i++) {
+        smtpsync__relay__init(&v->relays[i]);
+        v->relays[i].hostname = BORROW(s->relays[i].hostname);
+        v->relays[i].port = s->relays[i].port;
+        v->relay_ptrs[i] = &v->relays[i];
+    }
+    m->n_fallback_relays = s->nrelays;
+    m->fallback_relays = s->nrelays > 0 ? v->relay_ptrs : NULL;
+    return 0;
+}
+
+/* Copies a protobuf string into a fixed field, refusing what does not fit. */
+static void copy_str(char *dst, size_t cap, const char *src, const char *field,
+                     struct settings_problems *p)
+{
+    size_t len = src != NULL ? strlen(src) : 0;
+
+    if (len >= cap) {
+        settings_problem_add(p, field, false, "is too long (%zu characters; at most %zu)", len,
+                             cap - 1);
+        return;
+    }
+    memcpy(dst, src != NULL ? src : "", len + 1);
+}
+
+static void decode_tls_mode(struct settings *out, Smtpsync__TlsMode m, struct settings_problems *p)
+{
+    switch (m) {
+    case SMTPSYNC__TLS_MODE__TLS_MODE_UNSET:
+        out->tls_mode = SETTINGS_TLS_UNSET;
+        return;
+    case SMTPSYNC__TLS_MODE__TLS_MODE_STRICT:
+        out->tls_mode = SETTINGS_TLS_STRICT;
+        return;
+    case SMTPSYNC__TLS_MODE__TLS_MODE_STARTTLS:
+        out->tls_mode = SETTINGS_TLS_STARTTLS;
+        return;
+    default:
+        break;
+    }
+    settings_problem_add(p, "tls_mode", false, "has an unknown value %d", (int)m);
+}
+
+static int decode_secret(struct settings *out, const Smtpsync__Secret *sec,
+                         struct settings_problems *p)
+{
+    if (sec == NULL)
+        return 0;
+    if (sec->id.len != SETTINGS_SECRET_ID_LEN) {
+        settings_problem_add(p, "password", false, "has a malformed secret id (%zu bytes)",
+                             sec->id.len);
+        return 0;
+    }
+    out->password_set = true;
+    memcpy(out->password_id, sec->id.data, SETTINGS_SECRET_ID_LEN);
+    if (sec->plaintext.len == 0)
+        return 0;
+    if (sec->plaintext.len > SETTINGS_PASSWORD_MAX ||
+        memchr(sec->plaintext.data, '\0', sec->plaintext.len) != NULL) {
+        settings_problem_add(p, "password", false, "is longer than %d characters or holds NUL",
+                             SETTINGS_PASSWORD_MAX);
+        return 0;
+    }
+    out->password = malloc(sec->plaintext.len + 1);
+    if (out->password == NULL)
+        return -ENOMEM;
+    memcpy(out->password, sec->plaintext.data, sec->plaintext.len);
+    out->password[sec->plaintext.len] = '\0';
+    return 0;
+}
+
+static int decode_certificate(struct settings *out, const char *pem, struct settings_problems *p)
+{
+    size_t len = pem != NULL ? strlen(pem) : 0;
+
+    if (len == 0)
+        return 0;
+    if (len > SETTINGS_PEM_MAX) {
+        settings_problem_add(p, "trust_certificate", false, "is too large (%zu bytes; at most %d)",
+                             len, SETTINGS_PEM_MAX);
+        return 0;
+    }
+    out->trust_certificate = strdup(pem);
+    return out->trust_certificate != NULL ? 0 : -ENOMEM;
+}
+
+int settings_pb_decode(struct settings *out, const Smtpsync__Settings *m,
+                       struct settings_problems *problems)
+{
+    size_t before = problems->count + problems->dropped;
+    int rc;
+
+    settings_clear(out);
+    copy_str(out->instance, sizeof(out->instance), m->instance, "instance", problems);
+    copy_str(out->hostname, sizeof(out->hostname), m->hostname, "hostname", problems);
+    out->port = m->port;
+    copy_str(out->from_address, sizeof(out->from_address), m->from_address, "from_address",
+             problems);
+    out->logon_required = m->logon_required;
+    copy_str(out->user_id, sizeof(out->user_id), m->user_id, "user_id", problems);
+    out->smtps_enabled = m->smtps_enabled;
+    decode_tls_mode(out, m->tls_mode, problems);
+    copy_str(out->test_address, sizeof(out->test_address), m->test_address, "test_address",
+             problems);
+    out->starttls_fallback = m->starttls_fallback;
+    out->allow_plaintext_auth = m->allow_plaintext_auth;
+
+    if (m->timeouts != NULL) {
+        const Smtpsync__Timeouts *t = m->timeouts;
+        out->timeouts = (struct settings_timeouts){
+            .connect = t->connect,
+            .greeting = t->greeting,
+            .command = t->command,
+            .mail = t->mail,
+            .rcpt = t->rcpt,
+            .data_init = t->data_init,
+            .data_block = t->data_block,
+            .data_term = t->data_term,
+        };
+    }
+
+    if (m->n_fallback_relays > SETTINGS_RELAYS_MAX) {
+        settings_problem_add(problems, "fallback_relays", false, "lists %zu relays; at most %d",
+                             m->n_fallback_relays, SETTINGS_RELAYS_MAX);
+    } else {
+        for (size_t i = 0; i < m->n_fallback_relays; i++) {
+            copy_str(out->relays[i].hostname, sizeof(out->relays[i].hostname),
+                     m->fallback_relays[i]->hostname, "fallback_relays", problems);
+            out->relays[i].port = m->fallback_relays[i]->port;
+        }
+        out->nrelays = m->n_fallback_relays;
+    }
+
+    rc = decode_secret(out, m->password, problems);
+    if (rc == 0)
+        rc = decode_certificate(out, m->trust_certificate, problems);
+    if (rc == 0 && problems->count + problems->dropped != before)
+        rc = ERROR_DECODE;
+    if (rc != 0)
+        settings_clear(out);
+    return rc;
+}

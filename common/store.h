@@ -1,0 +1,169 @@
+/*
+ * store: the versioned settings store on LMDB (DESIGN.md, "Store").
+ *
+ * Named databases:
+ *   settings  instance -> Settings      the current record of every instance
+ *   drafts    instance -> Settings      edits not yet saved
+ *   history   revision -> Revision      one row per save (big-endian key)
+ *   snapshot  instance -> Settings      state at meta.base_revision, the base
+ *                                       that history rows are replayed onto
+ *   meta      "state"  -> StoreMeta     revision, epoch, chain hash, base
+ * Later issues add replicas, outbox and dead to the same environment.
+ *
+ * Every record is a packed protobuf message. The password is sealed with
+ * seal.h under the node key before it reaches LMDB; plaintext never does.
+ *
+ * Chain hash: h(0) = 32 zero bytes; h(n) = SHA-256(h(n-1) || canonical(n)),
+ * where canonical(n) is the packed Revision n with `hash` cleared and every
+ * Secret reduced to its id (smtpsync.proto, header comment). Two nodes at
+ * the same revision with different hashes have diverged.
+ *
+ * Every change is one LMDB write transaction: after a crash at any point a
+ * reader sees either the whole revision or none of it. When the map is full,
+ * the store doubles it and retries the transaction instead of failing.
+ *
+ * A `struct store` is used by one thread at a time (the daemons' loop
+ * thread); it is not thread-safe.
+ */
+#ifndef SMTPSYNC_STORE_H
+#define SMTPSYNC_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "settings.h"
+
+#define STORE_HASH_LEN    32
+#define STORE_ACTOR_MAX   128
+#define STORE_COMMENT_MAX 1024
+#define STORE_NODE_MAX    SETTINGS_INSTANCE_MAX
+
+struct store;
+
+struct store_params {
+    const char *dir;      /* data directory; created (0700) if missing */
+    const char *key_file; /* node key; NULL: <dir>/node.key */
+    size_t map_size;      /* initial map size; 0: 8 MiB. Grows on demand. */
+};
+
+/* Opens (creating if needed) the store. -errno, LMDB codes, ERROR_KEYFILE,
+ * ERROR_CORRUPT (meta record unreadable). */
+int store_open(const struct store_params *params, struct store **out);
+void store_close(struct store *st);
+
+struct store_info {
+    uint64_t revision;
+    uint64_t epoch;
+    uint8_t hash[STORE_HASH_LEN];
+    uint64_t base_revision; /* revisions <= this can no longer be shown */
+    int64_t revision_time_ms;
+    size_t ndrafts;
+    size_t ninstances;
+};
+
+int store_info(struct store *st, struct store_info *out);
+
+/* Read flags. */
+#define STORE_UNSEAL 0x1 /* also open the sealed password into s->password */
+
+/*
+ * Current record of `instance` (revision 0) or its record as of `revision`.
+ * `out` is initialised by the caller and cleared first. ERROR_NOT_FOUND if
+ * the instance has no record then; ERROR_COMPACTED if `revision` is older
+ * than the base; ERROR_INVALID if it is newer than the current one.
+ */
+int store_get(struct store *st, const char *instance, uint64_t revision, unsigned flags,
+              struct settings *out);
+
+/* Calls cb for every instance's record at `revision` (0: current), in
+ * instance order; a non-zero return from cb stops and is returned. */
+typedef int (*store_each_cb)(const struct settings *s, void *arg);
+int store_each(struct store *st, uint64_t revision, unsigned flags, store_each_cb cb, void *arg);
+
+/*
+ * Drafts. store_draft_put() stores a draft as given; when s->password_set,
+ * s->password must be loaded (read with STORE_UNSEAL) so it can be sealed:
+ * otherwise ERROR_INVALID. Drafts are checked fully at save, not here.
+ */
+int store_draft_get(struct store *st, const char *instance, unsigned flags, struct settings *out);
+int store_draft_put(struct store *st, const struct settings *s);
+/* Discards the draft of `instance`, or every draft when NULL. ERROR_NOT_FOUND
+ * if there was none. */
+int store_draft_discard(struct store *st, const char *instance);
+int store_draft_each(struct store *st, unsigned flags, store_each_cb cb, void *arg);
+
+struct store_commit {
+    const char *actor;   /* who: "local:root", "alice", ... (required) */
+    const char *comment; /* may be NULL */
+    int64_t time_ms;     /* 0: now */
+};
+
+/*
+ * Saves drafts as one new revision, in one write transaction: the records
+ * replace the current ones, the drafts are removed, a history row with the
+ * chain hash is written and meta advances. `instances` names the drafts to
+ * save (n = 0: every draft). Each draft is validated fully first; if any has
+ * a problem nothing is written, the problems (field names prefixed with
+ * "<instance>.") go to `problems` and ERROR_INVALID is returned.
+ * ERROR_EMPTY when there is no draft to save; ERROR_NOT_FOUND when a named
+ * instance has no draft.
+ */
+int store_save(struct store *st, const char *const *instances, size_t n,
+               const struct store_commit *commit, struct settings_problems *problems,
+               uint64_t *revision_out);
+
+/*
+ * Makes the state of `revision` current again, as a new revision (its
+ * history row has rollback_of = revision): records that differ are put
+ * back, records that did not exist then are deleted. ERROR_EMPTY if the
+ * state is already the same, ERROR_COMPACTED, ERROR_INVALID.
+ */
+int store_rollback(struct store *st, uint64_t revision, const struct store_commit *commit,
+                   uint64_t *revision_out);
+
+/* One history row as shown to people; strings valid during the callback. */
+struct store_revision {
+    uint64_t revision;
+    uint64_t epoch;
+    uint64_t rollback_of; /* 0 unless a rollback */
+    int64_t time_ms;
+    const char *actor;
+    const char *comment;
+    uint8_t hash[STORE_HASH_LEN];
+    size_t nchanges;
+    const char *const *instances; /* nchanges ids */
+    const bool *deleted;          /* nchanges flags: true if the change deletes */
+};
+
+typedef int (*store_history_cb)(const struct store_revision *r, void *arg);
+/* Rows from newest to oldest, at most `limit` (0: all). */
+int store_history(struct store *st, size_t limit, store_history_cb cb, void *arg);
+
+/* One field that differs; values are display forms (settings_field_format),
+ * "" for a record that does not exist on that side. */
+struct store_diff {
+    const char *instance;
+    const char *field;
+    const char *old_value;
+    const char *new_value;
+};
+
+typedef int (*store_diff_cb)(const struct store_diff *d, void *arg);
+/* Every field of every instance that differs between the two revisions, in
+ * instance then field order. ERROR_COMPACTED, ERROR_INVALID. */
+int store_diff(struct store *st, uint64_t from, uint64_t to, store_diff_cb cb, void *arg);
+
+/* Folds history rows older than the newest `keep` into the snapshot and
+ * deletes them; `*removed` counts them. keep = 0 is refused (ERROR_INVALID). */
+int store_compact(struct store *st, uint64_t keep, uint64_t *removed);
+
+/* Recomputes the chain from the base to the head and compares it with every
+ * stored hash and with meta; rebuilds the current state from snapshot plus
+ * history and compares it with `settings`. ERROR_CORRUPT on any mismatch. */
+int store_verify(struct store *st);
+
+/* The actor for local use: "local:<login name>". */
+void store_local_actor(char *buf, size_t len);
+
+#endif

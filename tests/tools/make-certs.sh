@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Makes the test certificates with the real openssl command line, into DIR.
+#
+#   ca.pem / ca.key           a test CA
+#   leaf.pem / leaf.key       server certificate signed by the CA:
+#                             SAN DNS:mail.test, DNS:*.wild.test, IP:127.0.0.1, IP:::1
+#   chain.pem                 leaf.pem followed by ca.pem
+#   selfsigned.pem/.key       self-signed server certificate, CN and SAN mail.test
+#   cnonly.pem                CA-signed leaf with CN=cn.test and no SAN
+#   expired.pem               CA-signed leaf for mail.test, valid 2020-01-01..2020-02-01
+#   future.pem                CA-signed leaf for mail.test, valid from 2099-01-01
+#   other-ca.pem              an unrelated CA
+#   garbage.pem               a CERTIFICATE block whose body is not a certificate
+#
+# Usage: make-certs.sh DIR   (idempotent: does nothing if DIR/.done exists)
+set -euo pipefail
+dir=${1:?usage: make-certs.sh DIR}
+[ -f "$dir/.done" ] && exit 0
+mkdir -p "$dir"
+cd "$dir"
+rm -rf ca-db && mkdir -p ca-db/new && : > ca-db/index.txt && echo 1000 > ca-db/serial
+
+cat > ca.cnf <<'CNF'
+[ ca ]
+default_ca = test_ca
+[ test_ca ]
+dir = ./ca-db
+database = $dir/index.txt
+new_certs_dir = $dir/new
+serial = $dir/serial
+default_md = sha256
+policy = any
+copy_extensions = copy
+unique_subject = no
+[ any ]
+commonName = supplied
+[ req ]
+distinguished_name = dn
+prompt = no
+[ dn ]
+CN = placeholder
+[ v3_leaf ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+CNF
+
+q() { "$@" >/dev/null 2>&1 || { echo "make-certs: failed: $*" >&2; "$@"; exit 1; }; }
+
+q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=smtpsync test CA" -keyout ca.key -out ca.pem
+q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=unrelated test CA" -keyout other-ca.key -out other-ca.pem
+
+# leaf NAME CN SAN [STARTDATE ENDDATE]
+leaf() {
+    local name=$1 cn=$2 san=$3 start=${4:-} end=${5:-}
+    local ext=()
+    [ -n "$san" ] && ext=(-addext "subjectAltName = $san")
+    q openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
+        "${ext[@]}" -keyout "$name.key" -out "$name.csr"
+    local dates=(-days 3650)
+    [ -n "$start" ] && dates=(-startdate "$start" -enddate "$end")
+    q openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -extensions v3_leaf \
+        "${dates[@]}" -in "$name.csr" -out "$name.pem" -notext
+    rm -f "$name.csr"
+}
+
+leaf leaf mail.test "DNS:mail.test, DNS:*.wild.test, IP:127.0.0.1, IP:::1"
+leaf cnonly cn.test ""
+leaf expired mail.test "DNS:mail.test" 20200101000000Z 20200201000000Z
+leaf future mail.test "DNS:mail.test" 20990101000000Z 20991231000000Z
+cat leaf.pem ca.pem > chain.pem
+
+q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=mail.test" -addext "subjectAltName = DNS:mail.test" \
+    -keyout selfsigned.key -out selfsigned.pem
+
+printf -- '-----BEGIN CERTIFICATE-----\nTm90IGEgY2VydGlmaWNhdGUgYXQgYWxs\n-----END CERTIFICATE-----\n' > garbage.pem
+chmod 600 ./*.key
+touch .done

@@ -1,0 +1,263 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "settings_pb.h"
+#include "testutil.h"
+
+static void fill(struct settings *s)
+{
+    settings_init(s);
+    strcpy(s->instance, "site-b");
+    strcpy(s->hostname, "mail.test");
+    s->port = 465;
+    strcpy(s->from_address, "am@example.com");
+    s->logon_required = true;
+    strcpy(s->user_id, "am-mailer");
+    assert_int_equal(settings_set_password(s, "Hunter2-secret"), 0);
+    s->smtps_enabled = true;
+    s->trust_certificate = strdup("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    s->tls_mode = SETTINGS_TLS_STRICT;
+    strcpy(s->test_address, "ops@example.com");
+    s->timeouts.connect = 30;
+    s->timeouts.data_term = 600;
+    strcpy(s->relays[0].hostname, "backup.test");
+    s->relays[0].port = 587;
+    strcpy(s->relays[1].hostname, "::1");
+    s->nrelays = 2;
+}
+
+/* Packs a view into a malloc'd buffer. */
+static uint8_t *pack(const struct settings *s, enum settings_pb_secret mode, size_t *len)
+{
+    struct settings_pb v;
+    uint8_t *buf;
+
+    assert_int_equal(settings_pb_view(&v, s, mode), 0);
+    *len = smtpsync__settings__get_packed_size(&v.msg);
+    buf = malloc(*len + 1);
+    assert_non_null(buf);
+    assert_int_equal(smtpsync__settings__pack(&v.msg, buf), *len);
+    return buf;
+}
+
+static void assert_same(const struct settings *a, const struct settings *b)
+{
+    for (int f = 0; f < SETTINGS_F_COUNT; f++)
+        assert_false(settings_field_differs(a, b, (enum settings_field)f));
+    assert_memory_equal(&a->timeouts, &b->timeouts, sizeof(a->timeouts));
+    assert_int_equal(a->nrelays, b->nrelays);
+}
+
+static void test_settings_pb_round_trip_plain(void **state)
+{
+    struct settings a, b;
+    struct settings_problems p = {0};
+    Smtpsync__Settings *m;
+    uint8_t *buf;
+    size_t len;
+
+    (void)state;
+    fill(&a);
+    settings_init(&b);
+    buf = pack(&a, SETTINGS_PB_SECRET_PLAIN, &len);
+    assert_true(testutil_memmem(buf, len, "Hunter2-secret", 14));
+    m = smtpsync__settings__unpack(NULL, len, buf);
+    assert_non_null(m);
+    assert_int_equal(settings_pb_decode(&b, m, &p), 0);
+    assert_int_equal(p.count, 0);
+    assert_same(&a, &b);
+    assert_string_equal(b.password, "Hunter2-secret");
+    assert_string_equal(b.relays[1].hostname, "::1");
+    smtpsync__settings__free_unpacked(m, NULL);
+    free(buf);
+    settings_clear(&a);
+    settings_clear(&b);
+}
+
+static void test_settings_pb_canonical_has_no_secret(void **state)
+{
+    struct settings a, b;
+    struct settings_problems p = {0};
+    Smtpsync__Settings *m;
+    uint8_t *buf, *again;
+    size_t len, len2;
+
+    (void)state;
+    fill(&a);
+    settings_init(&b);
+    buf = pack(&a, SETTINGS_PB_SECRET_ID, &len);
+    assert_false(testutil_memmem(buf, len, "Hunter2", 7));
+    assert_true(testutil_memmem(buf, len, a.password_id, SETTINGS_SECRET_ID_LEN));
+    /* Packing is deterministic: the chain hash depends on it. */
+    again = pack(&a, SETTINGS_PB_SECRET_ID, &len2);
+    assert_int_equal(len, len2);
+    assert_memory_equal(buf, again, len);
+    m = smtpsync__settings__unpack(NULL, len, buf);
+    assert_non_null(m);
+    assert_int_equal(settings_pb_decode(&b, m, &p), 0);
+    assert_true(b.password_set);
+    assert_null(b.password);
+    assert_same(&a, &b);
+    smtpsync__settings__free_unpacked(m, NULL);
+    free(buf);
+    free(again);
+    settings_clear(&a);
+    settings_clear(&b);
+}
+
+static void test_settings_pb_plain_needs_loaded_password(void **state)
+{
+    struct settings a;
+    struct settings_pb v;
+
+    (void)state;
+    fill(&a);
+    free(a.password);
+    a.password = NULL;
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_PLAIN), ERROR_INVALID);
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), 0);
+    settings_clear(&a);
+}
+
+static void test_settings_pb_empty_record_encodes_small(void **state)
+{
+    struct settings a;
+    size_t len;
+    uint8_t *buf;
+
+    (void)state;
+    settings_init(&a);
+    strcpy(a.instance, "x");
+    buf = pack(&a, SETTINGS_PB_SECRET_ID, &len);
+    /* Only the instance field: tag, length, one byte. */
+    assert_int_equal(len, 3);
+    free(buf);
+    settings_clear(&a);
+}
+
+/* A hostile or corrupt message must not overflow a field nor half-decode. */
+static void test_settings_pb_refuses_oversized_fields(void **state)
+{
+    Smtpsync__Settings m = SMTPSYNC__SETTINGS__INIT;
+    Smtpsync__Secret sec = SMTPSYNC__SECRET__INIT;
+    Smtpsync__Relay relay = SMTPSYNC__RELAY__INIT;
+    Smtpsync__Relay *relays[SETTINGS_RELAYS_MAX + 1];
+    struct settings_problems p = {0};
+    struct settings out;
+    char *longhost = malloc(5000), *hugepem = malloc(SETTINGS_PEM_MAX + 2);
+    uint8_t badid[3] = {1, 2, 3};
+
+    (void)state;
+    memset(longhost, 'a', 4999);
+    longhost[4999] = '\0';
+    memset(hugepem, 'P', SETTINGS_PEM_MAX + 1);
+    hugepem[SETTINGS_PEM_MAX + 1] = '\0';
+    m.instance = "site-b";
+    m.hostname = longhost;
+    m.from_address = longhost;
+    m.trust_certificate = hugepem;
+    m.tls_mode = (Smtpsync__TlsMode)42;
+    sec.id.data = badid;
+    sec.id.len = sizeof(badid);
+    m.password = &sec;
+    relay.hostname = "r.test";
+    for (int i = 0; i <= SETTINGS_RELAYS_MAX; i++)
+        relays[i] = &relay;
+    m.fallback_relays = relays;
+    m.n_fallback_relays = SETTINGS_RELAYS_MAX + 1;
+
+    settings_init(&out);
+    assert_int_equal(settings_pb_decode(&out, &m, &p), ERROR_DECODE);
+    assert_int_equal(p.count, 6);
+    const char *want[] = {"hostname",        "from_address", "tls_mode",
+                          "fallback_relays", "password",     "trust_certificate"};
+    for (size_t i = 0; i < 6; i++) {
+        int found = 0;
+        for (size_t j = 0; j < p.count; j++)
+            found |= strcmp(p.items[j].field, want[i]) == 0;
+        if (!found)
+            fail_msg("no problem for %s", want[i]);
+    }
+    /* Nothing half-decoded is left behind. */
+    assert_string_equal(out.instance, "");
+    assert_null(out.trust_certificate);
+    assert_false(out.password_set);
+    settings_clear(&out);
+    free(longhost);
+    free(hugepem);
+}
+
+static void test_settings_pb_refuses_nul_in_password(void **state)
+{
+    Smtpsync__Settings m = SMTPSYNC__SETTINGS__INIT;
+    Smtpsync__Secret sec = SMTPSYNC__SECRET__INIT;
+    struct settings_problems p = {0};
+    struct settings out;
+    uint8_t id[SETTINGS_SECRET_ID_LEN] = {7};
+    uint8_t pw[4] = {'a', 0, 'b', 'c'};
+
+    (void)state;
+    m.instance = "x";
+    sec.id.data = id;
+    sec.id.len = sizeof(id);
+    sec.plaintext.data = pw;
+    sec.plaintext.len = sizeof(pw);
+    m.password = &sec;
+    settings_init(&out);
+    assert_int_equal(settings_pb_decode(&out, &m, &p), ERROR_DECODE);
+    assert_string_equal(p.items[0].field, "password");
+    assert_null(out.password);
+    settings_clear(&out);
+}
+
+/* Truncated and garbage bytes never decode into a record. */
+static void test_settings_pb_garbage_bytes(void **state)
+{
+    struct settings a;
+    uint8_t *buf;
+    size_t len;
+
+    (void)state;
+    fill(&a);
+    buf = pack(&a, SETTINGS_PB_SECRET_PLAIN, &len);
+    for (size_t n = 1; n < len; n += 7) {
+        Smtpsync__Settings *m = smtpsync__settings__unpack(NULL, n, buf);
+        /* protobuf-c may accept a prefix that ends on a field boundary;
+         * then the record must still decode within limits. */
+        if (m != NULL) {
+            struct settings b;
+            struct settings_problems p = {0};
+            settings_init(&b);
+            int rc = settings_pb_decode(&b, m, &p);
+            assert_true(rc == 0 || rc == ERROR_DECODE);
+            settings_clear(&b);
+            smtpsync__settings__free_unpacked(m, NULL);
+        }
+    }
+    memset(buf, 0xff, len);
+    assert_null(smtpsync__settings__unpack(NULL, len, buf));
+    free(buf);
+    settings_clear(&a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_settings_pb_round_trip_plain),
+        cmocka_unit_test(test_settings_pb_canonical_has_no_secret),
+        cmocka_unit_test(test_settings_pb_plain_needs_loaded_password),
+        cmocka_unit_test(test_settings_pb_empty_record_encodes_small),
+        cmocka_unit_test(test_settings_pb_refuses_oversized_fields),
+        cmocka_unit_test(test_settings_pb_refuses_nul_in_password),
+        cmocka_unit_test(test_settings_pb_garbage_bytes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,79 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+char *testutil_tmpdir(void)
+{
+    const char *base = getenv("TMPDIR");
+    char *path;
+
+    if (base == NULL || *base == '\0')
+        base = "/tmp";
+    assert_true(asprintf(&path, "%s/smtpsync-test-XXXXXX", base) > 0);
+    assert_non_null(mkdtemp(path));
+    return path;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void testutil_rmtree(const char *path)
+{
+    if (path != NULL)
+        nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const char *testutil_cert_path(const char *name)
+{
+    static char buf[4096];
+    const char *dir = getenv("SMTPSYNC_TEST_CERTS");
+
+    assert_non_null(dir);
+    assert_true((size_t)snprintf(buf, sizeof(buf), "%s/%s", dir, name) < sizeof(buf));
+    return buf;
+}
+
+char *testutil_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t cap = 0, n = 0, r;
+
+    if (f == NULL)
+        fail_msg("cannot open %s", path);
+    do {
+        if (n + 4096 + 1 > cap) {
+            cap = (cap + 4096 + 1) * 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+        r = fread(buf + n, 1, 4096, f);
+        n += r;
+    } while (r > 0);
+    fclose(f);
+    buf[n] = '\0';
+    if (len != NULL)
+        *len = n;
+    return buf;
+}
+
+int testutil_memmem(const void *hay, size_t hlen, const void *needle, size_t nlen)
+{
+    return memmem(hay, hlen, needle, nlen) != NULL;
+}
