@@ -22,10 +22,12 @@
 #include <stdint.h>
 #include <time.h>
 
-#define SETTINGS_INSTANCE_MAX  64   /* [A-Za-z0-9][A-Za-z0-9._-]* */
-#define SETTINGS_HOSTNAME_MAX  253  /* RFC 1035 name, or an IP literal */
-#define SETTINGS_ADDRESS_MAX   254  /* RFC 5321 mailbox (local@domain) */
-#define SETTINGS_LOCAL_MAX     64   /* RFC 5321 local-part */
+#include "syntax.h"
+
+#define SETTINGS_INSTANCE_MAX  64 /* [A-Za-z0-9][A-Za-z0-9._-]* */
+#define SETTINGS_HOSTNAME_MAX  SYNTAX_HOSTNAME_MAX
+#define SETTINGS_ADDRESS_MAX   SYNTAX_ADDRESS_MAX
+#define SETTINGS_LOCAL_MAX     SYNTAX_LOCAL_MAX
 #define SETTINGS_USER_MAX      255
 #define SETTINGS_PASSWORD_MAX  1024
 #define SETTINGS_PEM_MAX       (128 * 1024)
@@ -123,7 +125,7 @@ enum settings_field {
 #define SETTINGS_PROBLEM_TEXT_MAX 256
 
 struct settings_problem {
-    char field[32];
+    char field[96]; /* "<instance>.<field>" from a multi-instance save */
     char message[SETTINGS_PROBLEM_TEXT_MAX];
     /* A required value is missing. A draft may be stored while only such
      * problems remain; a save may not. */

@@ -146,9 +146,9 @@ static void test_settings_pb_empty_record_encodes_small(void **state)
 /* A hostile or corrupt message must not overflow a field nor half-decode. */
 static void test_settings_pb_refuses_oversized_fields(void **state)
 {
-    Smtpsync__Settings m = SMTPSYNC__SETTINGS__INIT;
-    Smtpsync__Secret sec = SMTPSYNC__SECRET__INIT;
-    Smtpsync__Relay relay = SMTPSYNC__RELAY__INIT;
+    Smtpsync__Settings m;
+    Smtpsync__Secret sec;
+    Smtpsync__Relay relay;
     Smtpsync__Relay *relays[SETTINGS_RELAYS_MAX + 1];
     struct settings_problems p = {0};
     struct settings out;
@@ -156,6 +156,9 @@ static void test_settings_pb_refuses_oversized_fields(void **state)
     uint8_t badid[3] = {1, 2, 3};
 
     (void)state;
+    smtpsync__settings__init(&m);
+    smtpsync__secret__init(&sec);
+    smtpsync__relay__init(&relay);
     memset(longhost, 'a', 4999);
     longhost[4999] = '\0';
     memset(hugepem, 'P', SETTINGS_PEM_MAX + 1);
@@ -197,14 +200,16 @@ static void test_settings_pb_refuses_oversized_fields(void **state)
 
 static void test_settings_pb_refuses_nul_in_password(void **state)
 {
-    Smtpsync__Settings m = SMTPSYNC__SETTINGS__INIT;
-    Smtpsync__Secret sec = SMTPSYNC__SECRET__INIT;
+    Smtpsync__Settings m;
+    Smtpsync__Secret sec;
     struct settings_problems p = {0};
     struct settings out;
     uint8_t id[SETTINGS_SECRET_ID_LEN] = {7};
     uint8_t pw[4] = {'a', 0, 'b', 'c'};
 
     (void)state;
+    smtpsync__settings__init(&m);
+    smtpsync__secret__init(&sec);
     m.instance = "x";
     sec.id.data = id;
     sec.id.len = sizeof(id);

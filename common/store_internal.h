@@ -1,0 +1,148 @@
+/*
+ * store_internal: what store.c (records, drafts, save) and store_history.c
+ * (states, chain hash, rollback, history, diff, compaction, verification)
+ * share. Not part of the store's interface; nothing outside those two files
+ * includes it.
+ */
+#ifndef SMTPSYNC_STORE_INTERNAL_H
+#define SMTPSYNC_STORE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#include <lmdb.h>
+
+#include "error.h"
+#include "seal.h"
+#include "settings_pb.h"
+#include "store.h"
+
+/* protobuf-c declares strings and bytes as non-const although packing only
+ * reads them; messages we build borrow const data through this. */
+#define STORE_BORROW(p) ((void *)(uintptr_t)(p))
+
+struct store {
+    MDB_env *env;
+    MDB_dbi settings;
+    MDB_dbi drafts;
+    MDB_dbi history;
+    MDB_dbi snapshot;
+    MDB_dbi meta;
+    struct seal_key key;
+};
+
+/* The fields of StoreMeta the store itself maintains. */
+struct store_meta {
+    uint64_t revision;
+    uint64_t epoch;
+    uint64_t base_revision;
+    int64_t revision_time_ms;
+    uint8_t hash[STORE_HASH_LEN];
+    uint8_t base_hash[STORE_HASH_LEN];
+};
+
+/* A whole state (instance -> packed Settings, sealed secrets included),
+ * sorted by instance in LMDB's key order, rebuilt in memory for reading
+ * old revisions, rollback, compaction and verification. */
+struct store_state_entry {
+    char instance[SETTINGS_INSTANCE_MAX + 1];
+    uint8_t *data;
+    size_t len;
+};
+
+struct store_state {
+    struct store_state_entry *v;
+    size_t n;
+    size_t cap;
+};
+
+static inline int64_t store__now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline MDB_val store__key_str(const char *s)
+{
+    return (MDB_val){.mv_size = strlen(s), .mv_data = STORE_BORROW(s)};
+}
+
+/* History keys are big-endian so LMDB's byte order is revision order. */
+static inline MDB_val store__key_rev(uint64_t rev, uint8_t buf[8])
+{
+    for (int i = 7; i >= 0; i--) {
+        buf[i] = (uint8_t)rev;
+        rev >>= 8;
+    }
+    return (MDB_val){.mv_size = 8, .mv_data = buf};
+}
+
+static inline uint64_t store__rev_of_key(const MDB_val *k)
+{
+    const uint8_t *p = k->mv_data;
+    uint64_t rev = 0;
+
+    for (size_t i = 0; i < 8; i++)
+        rev = rev << 8 | p[i];
+    return rev;
+}
+
+/* An instance key read back from LMDB must be a valid id. */
+static inline int store__key_instance(const MDB_val *k, char out[SETTINGS_INSTANCE_MAX + 1])
+{
+    if (k->mv_size == 0 || k->mv_size > SETTINGS_INSTANCE_MAX ||
+        memchr(k->mv_data, '\0', k->mv_size) != NULL)
+        return ERROR_CORRUPT;
+    memcpy(out, k->mv_data, k->mv_size);
+    out[k->mv_size] = '\0';
+    return 0;
+}
+
+/* store.c */
+
+/* Actor required and within STORE_ACTOR_MAX, comment within its limit. */
+int store__check_commit(const struct store_commit *c);
+/* A read transaction, adopting a map another process grew. */
+int store__txn_read(struct store *st, MDB_txn **txn);
+
+typedef int (*store__txn_fn)(struct store *st, MDB_txn *txn, void *arg);
+/* Runs body in one write transaction, retried whole with a doubled map
+ * after MDB_MAP_FULL. */
+int store__write(struct store *st, store__txn_fn body, void *arg);
+
+/* NULL if data is not a Settings message; free with
+ * smtpsync__settings__free_unpacked(m, NULL). */
+Smtpsync__Settings *store__record_unpack(const void *data, size_t len);
+/* Decodes a stored record into out (cleared first); `instance`, if not
+ * NULL, must be its id. STORE_UNSEAL opens the password. ERROR_CORRUPT,
+ * ERROR_TAMPERED, -ENOMEM. */
+int store__record_decode(struct store *st, const void *data, size_t len, const char *instance,
+                         unsigned flags, struct settings *out);
+bool store__record_differs(const struct settings *a, const struct settings *b);
+
+int store__meta_read(struct store *st, MDB_txn *txn, struct store_meta *out);
+int store__meta_write(struct store *st, MDB_txn *txn, struct store_meta *meta);
+
+/* store_history.c */
+
+void store__state_free(struct store_state *s);
+/* Index of `instance`, or where it would go; *found tells which. */
+size_t store__state_find(const struct store_state *s, const char *instance, bool *found);
+/* Adds every entry of an instance -> record database to `out`. */
+int store__state_load(MDB_txn *txn, MDB_dbi dbi, struct store_state *out);
+/* The state at `revision`. ERROR_COMPACTED below the base, ERROR_INVALID
+ * beyond the head, ERROR_CORRUPT if history cannot be replayed. */
+int store__state_at(struct store *st, MDB_txn *txn, const struct store_meta *meta,
+                    uint64_t revision, struct store_state *out);
+/* Appends revision meta->revision + 1 made of `changes` inside `txn`:
+ * history row with its chain hash, current records, meta (updated). */
+int store__revision_commit(struct store *st, MDB_txn *txn, struct store_meta *meta,
+                           const struct store_commit *commit, Smtpsync__Change **changes, size_t n,
+                           uint64_t rollback_of, uint64_t *rev_out);
+
+#endif
