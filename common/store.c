@@ -16,7 +16,7 @@
 #include "error.h"
 #include "seal.h"
 #include "settings_pb.h"
-#include "store_internal.h"
+#include "internal.h"
 
 /*
  * This file: opening the environment, the write-transaction helper,

@@ -9,7 +9,7 @@
 
 #include "error.h"
 #include "settings_pb.h"
-#include "store_internal.h"
+#include "internal.h"
 
 /*
  * This file: states rebuilt from the snapshot and history, the chain hash,

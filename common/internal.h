@@ -1,11 +1,12 @@
 /*
- * store_internal: what store.c (records, drafts, save) and store_history.c
- * (states, chain hash, rollback, history, diff, compaction, verification)
- * share. Not part of the store's interface; nothing outside those two files
- * includes it.
+ * internal: non-static helpers shared between files of common/, never
+ * installed and never included from outside common/ (STYLE.md, point 2).
+ *
+ * store: what store.c (records, drafts, save) and store_history.c (states,
+ * chain hash, rollback, history, diff, compaction, verification) share.
  */
-#ifndef SMTPSYNC_STORE_INTERNAL_H
-#define SMTPSYNC_STORE_INTERNAL_H
+#ifndef SMTPSYNC_COMMON_INTERNAL_H
+#define SMTPSYNC_COMMON_INTERNAL_H
 
 #include <stdbool.h>
 #include <stddef.h>
