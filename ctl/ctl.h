@@ -1,0 +1,113 @@
+/*
+ * ctl: the context of one smtpsyncctl run and the helpers every verb shares.
+ *
+ * main.c builds one `struct ctl` from the global options and passes it to
+ * the verb; nothing else holds state (STYLE.md, point 4). The store is
+ * opened lazily by ctl_store_open(), after the verb has parsed its own
+ * options, so `--help` and usage errors never touch the data directory.
+ *
+ * Exit status: CTL_EXIT_OK, CTL_EXIT_FAIL (the operation failed) or
+ * CTL_EXIT_USAGE (the command line was wrong). Every error is one line on
+ * stderr, prefixed "smtpsyncctl: ".
+ */
+#ifndef SMTPSYNC_CTL_H
+#define SMTPSYNC_CTL_H
+
+#include <getopt.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "store.h"
+
+#define CTL_PROG "smtpsyncctl"
+
+enum {
+    CTL_EXIT_OK = 0,
+    CTL_EXIT_FAIL = 1,
+    CTL_EXIT_USAGE = 2,
+};
+
+struct ctl {
+    const char *data_dir; /* --data-dir or SMTPSYNC_DATA_DIR; NULL if neither */
+    const char *key_file; /* --key-file; NULL: the store's default */
+    bool json;            /* --json, global or given to a read verb */
+    struct store *store;  /* owned; opened by ctl_store_open, closed by main */
+};
+
+/* A verb: argv[0] is the verb's own name (for messages and getopt). Returns
+ * the exit status. */
+typedef int (*ctl_verb_fn)(struct ctl *ctl, int argc, char **argv);
+
+/*
+ * Opens the store in ctl->data_dir unless it is open already. With
+ * `create` false, a data directory that does not exist is an error instead
+ * of a new empty store, so a mistyped path for a read is not silently
+ * created. Prints any error itself and returns the exit status for it:
+ * CTL_EXIT_OK, CTL_EXIT_USAGE (no --data-dir) or CTL_EXIT_FAIL.
+ */
+int ctl_store_open(struct ctl *ctl, bool create);
+
+/* "smtpsyncctl: <message>\n" on stderr. Text from the user that goes into
+ * a message must be passed through ctl_quote() first. */
+void ctl_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Prints `message` (one line) and then the synopsis of `usage` (its first
+ * paragraph) on stderr; returns CTL_EXIT_USAGE. */
+int ctl_usage_error(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * Writes a printable, bounded form of untrusted text into buf: control
+ * characters and bytes that are not valid UTF-8 become \xNN, and text past
+ * `len` is cut with "...". For echoing user input in messages.
+ */
+const char *ctl_quote(const char *text, char *buf, size_t len);
+
+/* Prints the synopsis of `usage` on stderr (after an error line was
+ * printed); returns CTL_EXIT_USAGE. */
+int ctl_usage(const char *usage);
+
+/* True if text is valid UTF-8 without control characters. */
+bool ctl_text_clean(const char *text);
+
+/* Checks a --comment: printable UTF-8 of at most STORE_COMMENT_MAX
+ * bytes. Prints the problem. */
+bool ctl_comment_ok(const char *comment);
+
+/* Writes `text` to f with the same escaping as ctl_quote but unbounded. */
+void ctl_fputs_safe(const char *text, FILE *f);
+
+/*
+ * Strict unsigned decimal: digits only (no sign, space or base prefix), the
+ * whole string consumed, no overflow, within [min, max]. 0 or ERROR_INVALID.
+ */
+int ctl_parse_u64(const char *text, uint64_t min, uint64_t max, uint64_t *out);
+
+/*
+ * getopt_long() with the messages of smtpsyncctl and without GNU's
+ * abbreviation of long options: `--password` must never be taken for
+ * `--password-file`, so only names written in full are accepted. On an
+ * unknown option or a missing value it prints the error line and returns
+ * '?'. `optstring` should start with ':' (after an optional '+').
+ */
+int ctl_getopt(int argc, char **argv, const char *optstring, const struct option *longopts);
+
+/* Verbs (ctl_settings.c, ctl_history.c). */
+int ctl_settings_main(struct ctl *ctl, int argc, char **argv);
+int ctl_history_main(struct ctl *ctl, int argc, char **argv);
+int ctl_diff_main(struct ctl *ctl, int argc, char **argv);
+int ctl_rollback_main(struct ctl *ctl, int argc, char **argv);
+
+/* Usage texts, also printed by `smtpsyncctl help VERB`. */
+extern const char ctl_settings_usage[];
+extern const char ctl_settings_set_usage[];
+extern const char ctl_settings_import_usage[];
+extern const char ctl_settings_show_usage[];
+extern const char ctl_settings_save_usage[];
+extern const char ctl_settings_discard_usage[];
+extern const char ctl_history_usage[];
+extern const char ctl_diff_usage[];
+extern const char ctl_rollback_usage[];
+
+#endif

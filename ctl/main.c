@@ -1,0 +1,187 @@
+/*
+ * smtpsyncctl: the administrator's command-line client, local mode.
+ *
+ * main() hardens the process, parses the global options into a `struct
+ * ctl`, and hands the rest of the command line to the verb.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "ctl.h"
+
+#ifndef SMTPSYNC_VERSION
+#define SMTPSYNC_VERSION "unknown"
+#endif
+
+static const char usage[] =
+    "usage: smtpsyncctl [--data-dir DIR] [--json] [--key-file F] VERB [options]\n"
+    "\n"
+    "Administers the SMTP settings of an smtpsync deployment.\n"
+    "\n"
+    "global options (before the verb):\n"
+    "  --data-dir DIR   work on the store in DIR (or set SMTPSYNC_DATA_DIR)\n"
+    "  --key-file F     node key that seals passwords (default DIR/node.key)\n"
+    "  --json           machine-readable output for read verbs\n"
+    "  --version        print the version\n"
+    "  --help           print this help\n"
+    "\n"
+    "verbs:\n"
+    "  settings set          change fields of an instance's draft\n"
+    "  settings import-cert  attach the trusted certificate to a draft\n"
+    "  settings show         print saved settings, an old revision or the drafts\n"
+    "  settings save         save drafts as a new revision\n"
+    "  settings discard      throw drafts away\n"
+    "  history               list the saved revisions\n"
+    "  diff R1 R2            fields that differ between two revisions\n"
+    "  rollback R            make revision R current again, as a new revision\n"
+    "  help [VERB...]        print this help, or the help of a verb\n"
+    "\n"
+    "`smtpsyncctl VERB --help` describes each verb. Remote mode (--server) is not\n"
+    "available yet.\n";
+
+static const struct {
+    const char *name;
+    ctl_verb_fn run;
+    const char *usage;
+} verbs[] = {
+    {"settings", ctl_settings_main, ctl_settings_usage},
+    {"history", ctl_history_main, ctl_history_usage},
+    {"diff", ctl_diff_main, ctl_diff_usage},
+    {"rollback", ctl_rollback_main, ctl_rollback_usage},
+};
+
+#define N_VERBS (sizeof(verbs) / sizeof(verbs[0]))
+
+static const struct {
+    const char *name;
+    const char *usage;
+} settings_help[] = {
+    {"set", ctl_settings_set_usage},         {"import-cert", ctl_settings_import_usage},
+    {"show", ctl_settings_show_usage},       {"save", ctl_settings_save_usage},
+    {"discard", ctl_settings_discard_usage},
+};
+
+/* Keeps secrets out of core dumps and away from ptrace by other users'
+ * processes; failure is not fatal (the tool still works), only weaker. */
+static void harden(void)
+{
+    struct rlimit none = {0, 0};
+
+    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    (void)setrlimit(RLIMIT_CORE, &none);
+    /* A new store, key or draft is for this user only. */
+    umask(077);
+}
+
+/* `smtpsyncctl help [VERB [SUBVERB]]`. */
+static int help(int argc, char **argv)
+{
+    char q[96];
+
+    if (argc < 2) {
+        fputs(usage, stdout);
+        return CTL_EXIT_OK;
+    }
+    if (strcmp(argv[1], "settings") == 0 && argc >= 3) {
+        for (size_t i = 0; i < sizeof(settings_help) / sizeof(settings_help[0]); i++) {
+            if (strcmp(argv[2], settings_help[i].name) == 0) {
+                fputs(settings_help[i].usage, stdout);
+                return CTL_EXIT_OK;
+            }
+        }
+        return ctl_usage_error(ctl_settings_usage, "help: unknown subcommand 'settings %s'",
+                               ctl_quote(argv[2], q, sizeof(q)));
+    }
+    for (size_t i = 0; i < N_VERBS; i++) {
+        if (strcmp(argv[1], verbs[i].name) == 0) {
+            fputs(verbs[i].usage, stdout);
+            return CTL_EXIT_OK;
+        }
+    }
+    return ctl_usage_error(usage, "help: unknown verb '%s'", ctl_quote(argv[1], q, sizeof(q)));
+}
+
+enum {
+    OPT_HELP = 'h',
+    OPT_DATA_DIR = 256,
+    OPT_KEY_FILE,
+    OPT_JSON,
+    OPT_SERVER,
+    OPT_VERSION,
+};
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"data-dir", required_argument, NULL, OPT_DATA_DIR},
+        {"key-file", required_argument, NULL, OPT_KEY_FILE},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"server", required_argument, NULL, OPT_SERVER},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    struct ctl ctl = {NULL, NULL, false, NULL};
+    const char *verb;
+    char q[96];
+    int c, rc;
+
+    harden();
+    if (argc < 1)
+        return CTL_EXIT_USAGE;
+
+    /* '+': the first word that is not an option is the verb; what follows
+     * belongs to it. */
+    optind = 0;
+    while ((c = ctl_getopt(argc, argv, "+:h", opts)) != -1) {
+        switch (c) {
+        case OPT_DATA_DIR:
+            ctl.data_dir = optarg;
+            break;
+        case OPT_KEY_FILE:
+            ctl.key_file = optarg;
+            break;
+        case OPT_JSON:
+            ctl.json = true;
+            break;
+        case OPT_SERVER:
+            ctl_errorf("remote mode (--server) is not available yet; use --data-dir");
+            return CTL_EXIT_USAGE;
+        case OPT_VERSION:
+            printf("smtpsyncctl %s\n", SMTPSYNC_VERSION);
+            return CTL_EXIT_OK;
+        case OPT_HELP:
+            fputs(usage, stdout);
+            return CTL_EXIT_OK;
+        default:
+            return ctl_usage(usage);
+        }
+    }
+    if (optind >= argc)
+        return ctl_usage_error(usage, "missing verb");
+    verb = argv[optind];
+    if (strcmp(verb, "help") == 0)
+        return help(argc - optind, argv + optind);
+
+    for (size_t i = 0; i < N_VERBS; i++) {
+        if (strcmp(verb, verbs[i].name) != 0)
+            continue;
+        if (ctl.data_dir == NULL) {
+            const char *env = getenv("SMTPSYNC_DATA_DIR");
+            if (env != NULL && env[0] != '\0')
+                ctl.data_dir = env;
+        }
+        if (ctl.data_dir != NULL && ctl.data_dir[0] == '\0') {
+            ctl_errorf("--data-dir: empty directory name");
+            return CTL_EXIT_USAGE;
+        }
+        rc = verbs[i].run(&ctl, argc - optind, argv + optind);
+        if (ctl.store != NULL)
+            store_close(ctl.store);
+        return rc;
+    }
+    return ctl_usage_error(usage, "unknown verb '%s'", ctl_quote(verb, q, sizeof(q)));
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Every verb explains itself: --help prints its usage on stdout and exits 0,
+# without a store; `help VERB` prints the same; --version prints the version.
+source "$(dirname "$0")/lib.sh"
+
+# help_ok WHAT FLAGS... -- ARGS: `smtpsyncctl ARGS --help` mentions FLAGS.
+help_ok() {
+    local what=$1
+    shift
+    local flags=()
+    while [ "$1" != "--" ]; do
+        flags+=("$1")
+        shift
+    done
+    shift
+    run "$SMTPSYNCCTL" "$@" --help
+    assert_exit "$what --help" 0
+    assert_contains "$what --help: usage line" "$OUT" "usage: smtpsyncctl"
+    assert_eq "$what --help: stderr empty" "" "$ERR"
+    for f in "${flags[@]}"; do
+        assert_contains "$what --help mentions $f" "$OUT" "$f"
+    done
+    local via_flag=$OUT
+    run "$SMTPSYNCCTL" help "$@"
+    assert_exit "help $what" 0
+    assert_eq "help $what equals $what --help" "$via_flag" "$OUT"
+}
+
+help_ok "settings set" --instance --hostname --port --from --logon --no-logon --user \
+    --password-file --password-stdin --smtps --no-smtps --tls-mode --test-address \
+    --starttls-fallback --allow-plaintext-auth --timeout-connect --timeout-data-term \
+    --fallback-relays -- settings set
+help_ok "settings import-cert" --instance FILE -- settings import-cert
+help_ok "settings show" --instance --revision --draft --json -- settings show
+help_ok "settings save" --instance --comment -- settings save
+help_ok "settings discard" --instance -- settings discard
+help_ok "settings" set import-cert show save discard -- settings
+help_ok "history" --limit --json -- history
+help_ok "diff" R1 R2 --json -- diff
+help_ok "rollback" --comment -- rollback
+
+# `settings set --help` offers no way to pass the password as an argument.
+run "$SMTPSYNCCTL" settings set --help
+assert_true "no --password option" \
+    bash -c '! grep -qE -- "--password( |=|$)" <<<"$1"' _ "$OUT"
+
+# --help wins over everything else on the line and needs no store.
+run "$SMTPSYNCCTL" settings set --instance x --hostname 'bad host' --help
+assert_exit "--help after other options" 0
+assert_contains "--help after other options" "$OUT" "usage: smtpsyncctl"
+assert_true "--help creates nothing" test ! -e "$DATA"
+
+# The top level.
+for args in --help help; do
+    run "$SMTPSYNCCTL" $args
+    assert_exit "smtpsyncctl $args" 0
+    for verb in "settings set" "settings import-cert" "settings show" "settings save" \
+        "settings discard" history diff rollback --data-dir --json --key-file --version; do
+        assert_contains "smtpsyncctl $args lists $verb" "$OUT" "$verb"
+    done
+done
+
+run "$SMTPSYNCCTL" --version
+assert_exit "--version" 0
+assert_true "--version format" bash -c '[[ $1 =~ ^smtpsyncctl\ [0-9]+\.[0-9]+\.[0-9]+$ ]]' _ "$OUT"
+
+run "$SMTPSYNCCTL" help nosuchverb
+assert_exit "help for an unknown verb" 2
+run "$SMTPSYNCCTL" help settings nosuch
+assert_exit "help for an unknown settings subcommand" 2
+
+finish
