@@ -717,6 +717,14 @@ static void check_logon(const struct settings *s, const char *confirm, struct se
                              "server");
     if (s->logon_required && !s->password_set)
         settings_problem_add(p, "password", true, "is required when logon_required is on");
+    /* The sender never sends AUTH in clear unless told to (DESIGN.md), so
+     * such a record could never deliver: say so before a save, not at the
+     * first mail. "Incomplete" so a draft may be built in the console's
+     * order (logon first, SMTPS after). */
+    if (s->logon_required && !s->smtps_enabled && !s->allow_plaintext_auth)
+        settings_problem_add(p, "logon_required", true,
+                             "would send the password unencrypted: turn on smtps_enabled, or "
+                             "(only on a trusted network) allow_plaintext_auth");
     if (confirm != NULL) {
         size_t clen = strlen(confirm);
 

@@ -27,7 +27,8 @@ PW=$T/pw
 printf 'baseline-pw\n' >"$PW"
 chmod 600 "$PW"
 ctl settings set --instance primary --hostname mail.test --from noreply@example.com \
-    --test-address admin@example.com --logon --user u --password-file "$PW"
+    --test-address admin@example.com --logon --user u --password-file "$PW" \
+    --allow-plaintext-auth on
 assert_exit "baseline set" 0
 ctl settings save --comment baseline
 assert_exit "baseline save" 0

@@ -71,6 +71,7 @@ static void make_record(struct settings *s, const char *instance, const char *ho
     snprintf(s->test_address, sizeof(s->test_address), "ops@example.com");
     if (password != NULL) {
         s->logon_required = true;
+        s->allow_plaintext_auth = true; /* no SMTPS in these records */
         snprintf(s->user_id, sizeof(s->user_id), "mailer");
         assert_int_equal(settings_set_password(s, password), 0);
     }
