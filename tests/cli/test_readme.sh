@@ -9,8 +9,8 @@ block=$(awk '/^## The administrator.s walk-through/ {on = 1} on && /^```sh$/ {gr
 assert_true "README has the walk-through block" test -n "$block"
 assert_contains "block starts with the binary" "$block" "b=build/release/ctl/smtpsyncctl"
 
-script=${block//b=build\/release\/ctl\/smtpsyncctl/b=$SMTPSYNCCTL}
-script=${script//\/tmp\//$T\/}
+script=${block//\/tmp\//$T\/}
+script=${script//b=build\/release\/ctl\/smtpsyncctl/b=$SMTPSYNCCTL}
 run bash -euo pipefail -c "$script"
 assert_exit "walk-through runs" 0
 assert_contains "saved revision 1" "$OUT" "saved revision 1"
