@@ -74,28 +74,33 @@ static void print_synopsis(const char *usage)
     fputs("(--help prints every option)\n", stderr);
 }
 
+static void verrorf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+
+/* Flushes stdout first so an error lands after what was already printed. */
+static void verrorf(const char *fmt, va_list ap)
+{
+    fflush(stdout);
+    fputs(CTL_PROG ": ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 void ctl_errorf(const char *fmt, ...)
 {
     va_list ap;
 
-    fflush(stdout);
-    fputs(CTL_PROG ": ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    verrorf(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 int ctl_usage_error(const char *usage, const char *fmt, ...)
 {
     va_list ap;
 
-    fflush(stdout);
-    fputs(CTL_PROG ": ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    verrorf(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     if (usage != NULL)
         print_synopsis(usage);
     return CTL_EXIT_USAGE;

@@ -141,17 +141,6 @@ static int history_text(const struct store_revision *r)
     return 0;
 }
 
-static bool add(cJSON *obj, const char *key, cJSON *value)
-{
-    if (value == NULL)
-        return false;
-    if (!cJSON_AddItemToObject(obj, key, value)) {
-        cJSON_Delete(value);
-        return false;
-    }
-    return true;
-}
-
 static int history_json(const struct store_revision *r, cJSON *rows)
 {
     char when[CTL_TIME_LEN], hash[CTL_HASH_HEX];
@@ -163,22 +152,23 @@ static int history_json(const struct store_revision *r, cJSON *rows)
         return -ENOMEM;
     }
     ctl_output_hex(r->hash, STORE_HASH_LEN, hash);
-    ok = add(row, "revision", cJSON_CreateNumber((double)r->revision)) &&
-         add(row, "time", cJSON_CreateString(ctl_output_time(r->time_ms, when, sizeof(when)))) &&
-         add(row, "time_ms", cJSON_CreateNumber((double)r->time_ms)) &&
-         add(row, "epoch", cJSON_CreateNumber((double)r->epoch)) &&
-         add(row, "actor", ctl_output_json_string(r->actor)) &&
-         add(row, "comment", ctl_output_json_string(r->comment)) &&
-         add(row, "rollback_of",
-             r->rollback_of != 0 ? cJSON_CreateNumber((double)r->rollback_of)
-                                 : cJSON_CreateNull()) &&
-         add(row, "hash", cJSON_CreateString(hash));
+    ok = ctl_output_json_add(row, "revision", cJSON_CreateNumber((double)r->revision)) &&
+         ctl_output_json_add(row, "time",
+                             cJSON_CreateString(ctl_output_time(r->time_ms, when, sizeof(when)))) &&
+         ctl_output_json_add(row, "time_ms", cJSON_CreateNumber((double)r->time_ms)) &&
+         ctl_output_json_add(row, "epoch", cJSON_CreateNumber((double)r->epoch)) &&
+         ctl_output_json_add(row, "actor", ctl_output_json_string(r->actor)) &&
+         ctl_output_json_add(row, "comment", ctl_output_json_string(r->comment)) &&
+         ctl_output_json_add(row, "rollback_of",
+                             r->rollback_of != 0 ? cJSON_CreateNumber((double)r->rollback_of)
+                                                 : cJSON_CreateNull()) &&
+         ctl_output_json_add(row, "hash", cJSON_CreateString(hash));
     hash[CTL_SHORT_HASH] = '\0';
-    ok = ok && add(row, "short_hash", cJSON_CreateString(hash));
+    ok = ok && ctl_output_json_add(row, "short_hash", cJSON_CreateString(hash));
     instances = ok ? cJSON_CreateArray() : NULL;
-    ok = ok && add(row, "instances", instances);
+    ok = ok && ctl_output_json_add(row, "instances", instances);
     changes = ok ? cJSON_CreateArray() : NULL;
-    ok = ok && add(row, "changes", changes);
+    ok = ok && ctl_output_json_add(row, "changes", changes);
     for (size_t i = 0; ok && i < r->nchanges; i++) {
         cJSON *change = cJSON_CreateObject();
         cJSON *id = cJSON_CreateString(r->instances[i]);
@@ -191,8 +181,8 @@ static int history_json(const struct store_revision *r, cJSON *rows)
             cJSON_Delete(change);
             return -ENOMEM;
         }
-        ok = add(change, "instance", cJSON_CreateString(r->instances[i])) &&
-             add(change, "deleted", cJSON_CreateBool(r->deleted[i]));
+        ok = ctl_output_json_add(change, "instance", cJSON_CreateString(r->instances[i])) &&
+             ctl_output_json_add(change, "deleted", cJSON_CreateBool(r->deleted[i]));
     }
     return ok ? 0 : -ENOMEM;
 }
@@ -284,10 +274,10 @@ static int diff_row(const struct store_diff *d, void *arg)
             cJSON_Delete(row);
             return -ENOMEM;
         }
-        if (!add(row, "instance", cJSON_CreateString(d->instance)) ||
-            !add(row, "field", cJSON_CreateString(d->field)) ||
-            !add(row, "old", ctl_output_json_string(d->old_value)) ||
-            !add(row, "new", ctl_output_json_string(d->new_value)))
+        if (!ctl_output_json_add(row, "instance", cJSON_CreateString(d->instance)) ||
+            !ctl_output_json_add(row, "field", cJSON_CreateString(d->field)) ||
+            !ctl_output_json_add(row, "old", ctl_output_json_string(d->old_value)) ||
+            !ctl_output_json_add(row, "new", ctl_output_json_string(d->new_value)))
             return -ENOMEM;
         return 0;
     }

@@ -133,8 +133,7 @@ cJSON *ctl_output_json_string(const char *s)
     return cJSON_CreateString(s);
 }
 
-/* Adds key -> value and reports whether both exist (cJSON takes value). */
-static bool add(cJSON *obj, const char *key, cJSON *value)
+bool ctl_output_json_add(cJSON *obj, const char *key, cJSON *value)
 {
     if (value == NULL)
         return false;
@@ -154,7 +153,7 @@ static bool add_problems(cJSON *obj, const struct settings_problems *p)
 {
     cJSON *arr = cJSON_CreateArray();
 
-    if (!add(obj, "problems", arr))
+    if (!ctl_output_json_add(obj, "problems", arr))
         return false;
     for (size_t i = 0; i < p->count && i < SETTINGS_PROBLEMS_MAX; i++) {
         const struct settings_problem *q = &p->items[i];
@@ -163,9 +162,9 @@ static bool add_problems(cJSON *obj, const struct settings_problems *p)
             cJSON_Delete(item);
             return false;
         }
-        if (!add(item, "field", cJSON_CreateString(q->field)) ||
-            !add(item, "message", cJSON_CreateString(q->message)) ||
-            !add(item, "incomplete", cJSON_CreateBool(q->incomplete)))
+        if (!ctl_output_json_add(item, "field", cJSON_CreateString(q->field)) ||
+            !ctl_output_json_add(item, "message", cJSON_CreateString(q->message)) ||
+            !ctl_output_json_add(item, "incomplete", cJSON_CreateBool(q->incomplete)))
             return false;
     }
     return true;
@@ -186,33 +185,36 @@ cJSON *ctl_output_settings_json(const struct settings *s, const struct settings_
         settings_field_format(s, SETTINGS_F_TRUST_CERTIFICATE, summary, sizeof(summary)) < 0)
         summary[0] = '\0';
 
-    ok = add(obj, "instance", cJSON_CreateString(s->instance)) &&
-         add(obj, "hostname", ctl_output_json_string(s->hostname)) &&
-         add(obj, "port", number_or_null(s->port)) &&
-         add(obj, "effective_port", cJSON_CreateNumber((double)settings_port(s))) &&
-         add(obj, "from_address", ctl_output_json_string(s->from_address)) &&
-         add(obj, "logon_required", cJSON_CreateBool(s->logon_required)) &&
-         add(obj, "user_id", ctl_output_json_string(s->user_id)) &&
+    ok = ctl_output_json_add(obj, "instance", cJSON_CreateString(s->instance)) &&
+         ctl_output_json_add(obj, "hostname", ctl_output_json_string(s->hostname)) &&
+         ctl_output_json_add(obj, "port", number_or_null(s->port)) &&
+         ctl_output_json_add(obj, "effective_port", cJSON_CreateNumber((double)settings_port(s))) &&
+         ctl_output_json_add(obj, "from_address", ctl_output_json_string(s->from_address)) &&
+         ctl_output_json_add(obj, "logon_required", cJSON_CreateBool(s->logon_required)) &&
+         ctl_output_json_add(obj, "user_id", ctl_output_json_string(s->user_id)) &&
          /* Only ever the mask: the value is not even looked at. */
-         add(obj, "password",
+         ctl_output_json_add(
+             obj, "password",
              ctl_output_json_string(s->password_set ? SETTINGS_PASSWORD_MASK : NULL)) &&
-         add(obj, "smtps_enabled", cJSON_CreateBool(s->smtps_enabled)) &&
-         add(obj, "trust_certificate", ctl_output_json_string(summary)) &&
-         add(obj, "trust_certificate_pem", ctl_output_json_string(s->trust_certificate)) &&
-         add(obj, "tls_mode", ctl_output_json_string(tls)) &&
-         add(obj, "test_address", ctl_output_json_string(s->test_address)) &&
-         add(obj, "starttls_fallback", cJSON_CreateBool(s->starttls_fallback)) &&
-         add(obj, "allow_plaintext_auth", cJSON_CreateBool(s->allow_plaintext_auth)) &&
-         add(obj, "timeout_connect", number_or_null(s->timeouts.connect)) &&
-         add(obj, "timeout_greeting", number_or_null(s->timeouts.greeting)) &&
-         add(obj, "timeout_command", number_or_null(s->timeouts.command)) &&
-         add(obj, "timeout_mail", number_or_null(s->timeouts.mail)) &&
-         add(obj, "timeout_rcpt", number_or_null(s->timeouts.rcpt)) &&
-         add(obj, "timeout_data_init", number_or_null(s->timeouts.data_init)) &&
-         add(obj, "timeout_data_block", number_or_null(s->timeouts.data_block)) &&
-         add(obj, "timeout_data_term", number_or_null(s->timeouts.data_term));
+         ctl_output_json_add(obj, "smtps_enabled", cJSON_CreateBool(s->smtps_enabled)) &&
+         ctl_output_json_add(obj, "trust_certificate", ctl_output_json_string(summary)) &&
+         ctl_output_json_add(obj, "trust_certificate_pem",
+                             ctl_output_json_string(s->trust_certificate)) &&
+         ctl_output_json_add(obj, "tls_mode", ctl_output_json_string(tls)) &&
+         ctl_output_json_add(obj, "test_address", ctl_output_json_string(s->test_address)) &&
+         ctl_output_json_add(obj, "starttls_fallback", cJSON_CreateBool(s->starttls_fallback)) &&
+         ctl_output_json_add(obj, "allow_plaintext_auth",
+                             cJSON_CreateBool(s->allow_plaintext_auth)) &&
+         ctl_output_json_add(obj, "timeout_connect", number_or_null(s->timeouts.connect)) &&
+         ctl_output_json_add(obj, "timeout_greeting", number_or_null(s->timeouts.greeting)) &&
+         ctl_output_json_add(obj, "timeout_command", number_or_null(s->timeouts.command)) &&
+         ctl_output_json_add(obj, "timeout_mail", number_or_null(s->timeouts.mail)) &&
+         ctl_output_json_add(obj, "timeout_rcpt", number_or_null(s->timeouts.rcpt)) &&
+         ctl_output_json_add(obj, "timeout_data_init", number_or_null(s->timeouts.data_init)) &&
+         ctl_output_json_add(obj, "timeout_data_block", number_or_null(s->timeouts.data_block)) &&
+         ctl_output_json_add(obj, "timeout_data_term", number_or_null(s->timeouts.data_term));
     relays = ok ? cJSON_CreateArray() : NULL;
-    ok = ok && add(obj, "fallback_relays", relays);
+    ok = ok && ctl_output_json_add(obj, "fallback_relays", relays);
     for (size_t i = 0; ok && i < s->nrelays && i < SETTINGS_RELAYS_MAX; i++) {
         cJSON *relay = cJSON_CreateObject();
         if (relay == NULL || !cJSON_AddItemToArray(relays, relay)) {
@@ -220,8 +222,8 @@ cJSON *ctl_output_settings_json(const struct settings *s, const struct settings_
             ok = false;
             break;
         }
-        ok = add(relay, "hostname", cJSON_CreateString(s->relays[i].hostname)) &&
-             add(relay, "port", number_or_null(s->relays[i].port));
+        ok = ctl_output_json_add(relay, "hostname", cJSON_CreateString(s->relays[i].hostname)) &&
+             ctl_output_json_add(relay, "port", number_or_null(s->relays[i].port));
     }
     if (ok && problems != NULL)
         ok = add_problems(obj, problems);

@@ -55,6 +55,10 @@ void ctl_output_settings_text(const struct settings *s, const struct settings_pr
  * out of memory. The caller owns the result. */
 cJSON *ctl_output_settings_json(const struct settings *s, const struct settings_problems *problems);
 
+/* Adds key -> value to obj; false if value is NULL (out of memory) or could
+ * not be added. Takes ownership of value either way. */
+bool ctl_output_json_add(cJSON *obj, const char *key, cJSON *value);
+
 /* JSON string, or null for NULL / "" (the convention for absent values). */
 cJSON *ctl_output_json_string(const char *s);
 
