@@ -360,6 +360,10 @@ static void names_append(char *buf, size_t len, const char *name)
     size_t n = strlen(buf), nlen = strlen(name);
     const char *at = buf;
 
+    /* An empty CN or SAN names nothing; strstr() would also match "" at
+     * every position, past the end of buf. */
+    if (nlen == 0)
+        return;
     while ((at = strstr(at, name)) != NULL) {
         if ((at == buf || at[-1] == ' ') && (at[nlen] == ',' || at[nlen] == '\0'))
             return;

@@ -42,13 +42,22 @@
 struct store;
 
 struct store_params {
-    const char *dir;      /* data directory; created (0700) if missing */
+    const char *dir;      /* data directory */
     const char *key_file; /* node key; NULL: <dir>/node.key */
     size_t map_size;      /* initial map size; 0: 8 MiB. Grows on demand. */
+    /* May a new store be made? Then a missing directory is created (0700)
+     * and, for a new store only, a missing key file too. */
+    bool create;
 };
 
-/* Opens (creating if needed) the store. -errno, LMDB codes, ERROR_KEYFILE,
- * ERROR_CORRUPT (meta record unreadable). */
+/*
+ * Opens the store. A store that does not exist yet is created only with
+ * params->create (else ERROR_NOT_FOUND). The node key of an existing store
+ * is never created: a missing, unreadable or different key (the store keeps
+ * a check value of its key in meta) is ERROR_KEYFILE, so a mistyped key
+ * path cannot seal new secrets under a second key. Other errors: -errno,
+ * LMDB codes, ERROR_CORRUPT (meta record unreadable).
+ */
 int store_open(const struct store_params *params, struct store **out);
 void store_close(struct store *st);
 
