@@ -2,8 +2,12 @@
  * internal: non-static helpers shared between files of common/, never
  * installed and never included from outside common/ (STYLE.md, point 2).
  *
- * store: what store.c (records, drafts, save) and store_history.c (states,
- * chain hash, rollback, history, diff, compaction, verification) share.
+ * settings: what settings.c (record, setters, names, display) and
+ * settings_check.c (validation) share.
+ *
+ * store: what store.c (open, meta, records, reading), store_draft.c (drafts,
+ * save) and store_history.c (states, chain hash, rollback, history, diff,
+ * compaction, verification) share.
  */
 #ifndef SMTPSYNC_COMMON_INTERNAL_H
 #define SMTPSYNC_COMMON_INTERNAL_H
@@ -19,7 +23,22 @@
 #include "error.h"
 #include "seal.h"
 #include "settings_pb.h"
+#include "settings.h"
 #include "store.h"
+
+/* settings.c */
+
+#define SETTINGS__PORT_MAX  65535u
+/* How much of a bad value a problem message quotes back. */
+#define SETTINGS__QUOTE_MAX 64
+
+/* Quotes (a prefix of) a value for a problem message: "value" or
+ * "valu..."; buf should hold SETTINGS__QUOTE_MAX + 8 bytes. Returns buf. */
+const char *settings__quote(char *buf, size_t len, const char *value);
+/* The value of a TIMEOUT field; aborts for any other field. */
+uint32_t settings__timeout_value(const struct settings *s, enum settings_field f);
+/* "YYYY-MM-DD HH:MM UTC" of a Unix time, or "an unreadable date" if t < 0. */
+void settings__format_date(long long t, char *buf, size_t len);
 
 /* protobuf-c declares strings and bytes as non-const although packing only
  * reads them; messages we build borrow const data through this. */
@@ -43,6 +62,8 @@ struct store_meta {
     int64_t revision_time_ms;
     uint8_t hash[STORE_HASH_LEN];
     uint8_t base_hash[STORE_HASH_LEN];
+    uint8_t base_state_hash[STORE_HASH_LEN]; /* store__state_digest(snapshot) */
+    uint8_t key_check[SEAL_CHECK_LEN];       /* seal_key_check(node key) */
 };
 
 /* A whole state (instance -> packed Settings, sealed secrets included),
@@ -106,7 +127,8 @@ static inline int store__key_instance(const MDB_val *k, char out[SETTINGS_INSTAN
 
 /* store.c */
 
-/* Actor required and within STORE_ACTOR_MAX, comment within its limit. */
+/* Actor required; actor and comment within their limits and free of
+ * control characters. ERROR_INVALID, ERROR_TOO_BIG. */
 int store__check_commit(const struct store_commit *c);
 /* A read transaction, adopting a map another process grew. */
 int store__txn_read(struct store *st, MDB_txn **txn);
@@ -116,9 +138,19 @@ typedef int (*store__txn_fn)(struct store *st, MDB_txn *txn, void *arg);
  * after MDB_MAP_FULL. */
 int store__write(struct store *st, store__txn_fn body, void *arg);
 
+/* Packs `s` as it is stored, its password (which must be loaded when set)
+ * sealed under the node key and bound to instance and secret id; *out is
+ * malloc'd. ERROR_INVALID, -ENOMEM, ERROR_CRYPTO. */
+int store__record_pack(struct store *st, const struct settings *s, uint8_t **out, size_t *out_len);
 /* NULL if data is not a Settings message; free with
  * smtpsync__settings__free_unpacked(m, NULL). */
 Smtpsync__Settings *store__record_unpack(const void *data, size_t len);
+/* Decodes an unpacked stored record into out (cleared first), as
+ * store__record_decode(); when it refuses the record (ERROR_CORRUPT,
+ * ERROR_TAMPERED) and `problems` is not NULL, a problem names the field. */
+int store__record_decode_msg(struct store *st, const Smtpsync__Settings *m, const char *instance,
+                             unsigned flags, struct settings *out,
+                             struct settings_problems *problems);
 /* Decodes a stored record into out (cleared first); `instance`, if not
  * NULL, must be its id. STORE_UNSEAL opens the password. ERROR_CORRUPT,
  * ERROR_TAMPERED, -ENOMEM. */
@@ -129,15 +161,26 @@ bool store__record_differs(const struct settings *a, const struct settings *b);
 int store__meta_read(struct store *st, MDB_txn *txn, struct store_meta *out);
 int store__meta_write(struct store *st, MDB_txn *txn, struct store_meta *meta);
 
+/* Decodes every record of a state, then calls cb for each in order: a
+ * decode failure is returned before any callback runs. */
+int store__state_each(struct store *st, const struct store_state *s, unsigned flags,
+                      store_each_cb cb, void *arg);
+
 /* store_history.c */
 
 void store__state_free(struct store_state *s);
+/* SHA-256 of a state in canonical form: the packed Snapshot message holding
+ * only `records`, in the state's (instance) order, each Secret reduced to
+ * its id, so the digest is the same on every node. ERROR_CORRUPT if a
+ * record does not unpack. */
+int store__state_digest(const struct store_state *s, uint8_t out[STORE_HASH_LEN]);
 /* Index of `instance`, or where it would go; *found tells which. */
 size_t store__state_find(const struct store_state *s, const char *instance, bool *found);
 /* Adds every entry of an instance -> record database to `out`. */
 int store__state_load(MDB_txn *txn, MDB_dbi dbi, struct store_state *out);
 /* The state at `revision`. ERROR_COMPACTED below the base, ERROR_INVALID
- * beyond the head, ERROR_CORRUPT if history cannot be replayed. */
+ * beyond the head, ERROR_CORRUPT if the snapshot does not match meta's
+ * base_state_hash or history cannot be replayed. */
 int store__state_at(struct store *st, MDB_txn *txn, const struct store_meta *meta,
                     uint64_t revision, struct store_state *out);
 /* Appends revision meta->revision + 1 made of `changes` inside `txn`:

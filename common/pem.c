@@ -354,24 +354,29 @@ bool pem_is_leaf(X509 *c)
     return X509_self_signed(c, 0) == 1 && X509_get_ext_by_NID(c, NID_subject_alt_name, -1) >= 0;
 }
 
-/* Appends a name to a ", " list unless it is there already. */
+/* Appends a name to a ", " list in buf[len] unless it is there already.
+ * Every read stays within the list, buf[0..n): a buf holding no NUL within
+ * len is left alone. */
 static void names_append(char *buf, size_t len, const char *name)
 {
-    size_t n = strlen(buf), nlen = strlen(name);
-    const char *at = buf;
+    size_t n = strnlen(buf, len), nlen = strlen(name);
+    const char *end = buf + n, *at;
 
-    /* An empty CN or SAN names nothing; strstr() would also match "" at
-     * every position, past the end of buf. */
-    if (nlen == 0)
+    /* An empty CN or SAN names nothing (and would match everywhere). */
+    if (nlen == 0 || n == len)
         return;
-    while ((at = strstr(at, name)) != NULL) {
-        if ((at == buf || at[-1] == ' ') && (at[nlen] == ',' || at[nlen] == '\0'))
+    for (at = buf; (size_t)(end - at) >= nlen; at++) {
+        at = memmem(at, (size_t)(end - at), name, nlen);
+        if (at == NULL)
+            break;
+        /* A whole entry: preceded by the start or ", ", followed by the end
+         * or ",". at + nlen <= end, so at[nlen] is read only inside. */
+        if ((at == buf || at[-1] == ' ') && (at + nlen == end || at[nlen] == ','))
             return;
-        at++;
     }
     if (n + 1 >= len)
         return;
-    if ((size_t)snprintf(buf + n, len - n, "%s%s", n > 0 ? ", " : "", name) >= len - n)
+    if ((size_t)snprintf(buf + n, len - n, "%s%s", n > 0 ? ", " : "", name) >= len - n && len >= 4)
         snprintf(buf + len - 4, 4, "...");
 }
 

@@ -38,7 +38,8 @@ long long pem_not_before(X509 *cert);
 bool pem_is_leaf(X509 *cert);
 
 /* Appends the certificate's CN and SAN DNS/IP names to buf as a ", " list
- * (buf must hold a string; what does not fit ends in "..."). */
+ * (buf[len] must hold a string; what does not fit ends in "..."; a buf with
+ * no NUL within len is left as it is). */
 void pem_names(X509 *cert, char *buf, size_t len);
 
 /* True if the certificate is valid for `host` of the given kind: DNS names

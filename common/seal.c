@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
@@ -66,28 +67,47 @@ static int sync_parent(const char *path)
     return rc;
 }
 
+/*
+ * Creates the key file atomically: the key is written and fsynced to a
+ * temporary file of mode 0600 (mkostemp: O_EXCL) in the same directory,
+ * which link() then gives its name. link() never replaces an existing file,
+ * so when two processes race, one wins and the other gets -EEXIST and loads
+ * the winner's key; nobody ever reads a partial key under `path`.
+ */
 static int key_create(const char *path, struct seal_key *key)
 {
+    char tmp[PATH_MAX];
     int fd, rc;
 
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path) >= sizeof(tmp))
+        return -ENAMETOOLONG;
     if (RAND_bytes(key->bytes, SEAL_KEY_LEN) != 1)
         return ERROR_CRYPTO;
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return -errno;
+    fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        rc = -errno;
+        goto wipe_key;
+    }
     rc = write_full(fd, key->bytes, SEAL_KEY_LEN);
     if (rc == 0 && fsync(fd) != 0)
         rc = -errno;
     close(fd);
-    if (rc == 0)
-        rc = sync_parent(path);
-    if (rc != 0) {
-        /* A partial key file would be refused on the next start; remove it. */
-        unlink(path);
-        seal_key_wipe(key);
-    }
+    if (rc == 0 && link(tmp, path) != 0)
+        rc = -errno;
+    unlink(tmp);
+    if (rc != 0)
+        goto wipe_key;
+    /* The key is in place now, complete; others may already use it, so it
+     * stays even if the directory cannot be synced. */
+    return sync_parent(path);
+wipe_key:
+    seal_key_wipe(key);
     return rc;
 }
+
+/* O_NONBLOCK: opening a FIFO planted at the key path must not hang; the
+ * S_ISREG check below then refuses it. Reads of a regular file ignore it. */
+#define KEY_OPEN_FLAGS (O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
 
 int seal_key_load(const char *path, bool create, struct seal_key *key)
 {
@@ -95,18 +115,16 @@ int seal_key_load(const char *path, bool create, struct seal_key *key)
     int fd, rc;
 
     memset(key, 0, sizeof(*key));
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-        if (errno == ENOENT && create) {
-            rc = key_create(path, key);
-            /* Another process may have created it first; then load theirs. */
-            if (rc != -EEXIST)
-                return rc;
-            fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        }
-        if (fd < 0)
-            return errno == ELOOP ? ERROR_KEYFILE : -errno;
+    fd = open(path, KEY_OPEN_FLAGS);
+    if (fd < 0 && errno == ENOENT && create) {
+        rc = key_create(path, key);
+        /* Another process may have created it first; then load theirs. */
+        if (rc != -EEXIST)
+            return rc;
+        fd = open(path, KEY_OPEN_FLAGS);
     }
+    if (fd < 0)
+        return errno == ELOOP ? ERROR_KEYFILE : -errno;
     if (fstat(fd, &st) != 0) {
         rc = -errno;
         goto close_fd;
@@ -129,16 +147,36 @@ void seal_key_wipe(struct seal_key *key)
     OPENSSL_cleanse(key->bytes, sizeof(key->bytes));
 }
 
+#define SEAL_CHECK_LABEL "smtpsync key check v1"
+
+int seal_key_check(const struct seal_key *key, uint8_t out[SEAL_CHECK_LEN])
+{
+    uint8_t mac[EVP_MAX_MD_SIZE];
+    size_t maclen = 0;
+    int rc = 0;
+
+    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key->bytes, SEAL_KEY_LEN,
+                  (const uint8_t *)SEAL_CHECK_LABEL, strlen(SEAL_CHECK_LABEL), mac, sizeof(mac),
+                  &maclen) == NULL ||
+        maclen < SEAL_CHECK_LEN) {
+        ERR_clear_error();
+        rc = ERROR_CRYPTO;
+    } else {
+        memcpy(out, mac, SEAL_CHECK_LEN);
+    }
+    OPENSSL_cleanse(mac, sizeof(mac));
+    return rc;
+}
+
 /*
  * One AES-256-GCM pass. `enc` selects direction; for decryption `tag` is
  * checked and a mismatch yields ERROR_TAMPERED.
  */
-static int gcm(const struct seal_key *key, int enc, const uint8_t *nonce, const char *aad,
-               const uint8_t *in, size_t len, uint8_t *out, uint8_t *tag)
+static int gcm(const struct seal_key *key, int enc, const uint8_t *nonce, const uint8_t *aad,
+               size_t aadlen, const uint8_t *in, size_t len, uint8_t *out, uint8_t *tag)
 {
     EVP_CIPHER_CTX *ctx;
     int n, rc = ERROR_CRYPTO;
-    size_t aadlen = aad != NULL ? strlen(aad) : 0;
 
     if (len > INT_MAX || aadlen > INT_MAX)
         return -EOVERFLOW;
@@ -149,7 +187,7 @@ static int gcm(const struct seal_key *key, int enc, const uint8_t *nonce, const 
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, SEAL_NONCE_LEN, NULL) != 1 ||
         EVP_CipherInit_ex(ctx, NULL, NULL, key->bytes, nonce, enc) != 1)
         goto free_ctx;
-    if (aadlen > 0 && EVP_CipherUpdate(ctx, NULL, &n, (const uint8_t *)aad, (int)aadlen) != 1)
+    if (aadlen > 0 && EVP_CipherUpdate(ctx, NULL, &n, aad, (int)aadlen) != 1)
         goto free_ctx;
     if (len > 0 && EVP_CipherUpdate(ctx, out, &n, in, (int)len) != 1)
         goto free_ctx;
@@ -167,8 +205,8 @@ free_ctx:
     return rc;
 }
 
-int seal_seal(const struct seal_key *key, const char *aad, const uint8_t *plain, size_t len,
-              uint8_t *out, size_t cap, size_t *out_len)
+int seal_seal(const struct seal_key *key, const uint8_t *aad, size_t aadlen, const uint8_t *plain,
+              size_t len, uint8_t *out, size_t cap, size_t *out_len)
 {
     uint8_t *nonce = out + 1, *ct = out + 1 + SEAL_NONCE_LEN;
     int rc;
@@ -180,7 +218,7 @@ int seal_seal(const struct seal_key *key, const char *aad, const uint8_t *plain,
      * ever seals under one key (NIST SP 800-38D, 2^32 invocations). */
     if (RAND_bytes(nonce, SEAL_NONCE_LEN) != 1)
         return ERROR_CRYPTO;
-    rc = gcm(key, 1, nonce, aad, plain, len, ct, ct + len);
+    rc = gcm(key, 1, nonce, aad, aadlen, plain, len, ct, ct + len);
     if (rc != 0) {
         OPENSSL_cleanse(out, cap);
         return rc;
@@ -189,8 +227,8 @@ int seal_seal(const struct seal_key *key, const char *aad, const uint8_t *plain,
     return 0;
 }
 
-int seal_open(const struct seal_key *key, const char *aad, const uint8_t *blob, size_t len,
-              uint8_t *out, size_t cap, size_t *out_len)
+int seal_open(const struct seal_key *key, const uint8_t *aad, size_t aadlen, const uint8_t *blob,
+              size_t len, uint8_t *out, size_t cap, size_t *out_len)
 {
     uint8_t tag[SEAL_TAG_LEN];
     size_t plen;
@@ -202,7 +240,7 @@ int seal_open(const struct seal_key *key, const char *aad, const uint8_t *blob, 
     if (cap < plen)
         return -ENOSPC;
     memcpy(tag, blob + len - SEAL_TAG_LEN, SEAL_TAG_LEN);
-    rc = gcm(key, 0, blob + 1, aad, blob + 1 + SEAL_NONCE_LEN, plen, out, tag);
+    rc = gcm(key, 0, blob + 1, aad, aadlen, blob + 1 + SEAL_NONCE_LEN, plen, out, tag);
     if (rc != 0) {
         /* Never hand back unauthenticated plaintext. */
         OPENSSL_cleanse(out, plen);

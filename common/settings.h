@@ -148,13 +148,25 @@ int settings_copy(struct settings *dst, const struct settings *src);
 int settings_set_password(struct settings *s, const char *password);
 
 /*
- * Parses `value` as the text form of `field` and stores it. On bad input
- * (syntax, range, length) adds a problem naming the field, leaves the field
- * unchanged and returns ERROR_INVALID. Booleans accept on/off, yes/no,
- * true/false, 1/0; tls_mode strict/starttls; ports 1-65535 (or "default");
- * fallback_relays a comma-separated host[:port] list. The password is not
- * settable here (settings_set_password), nor the certificate
- * (settings_set_certificate).
+ * Parses `value` as the text form of `field` and stores it (NULL is "").
+ * On bad input adds a problem naming the field, leaves the field unchanged
+ * and returns ERROR_INVALID (-EINVAL for a field out of range). It checks:
+ *   - every field: no control character (below 0x20, or 0x7f);
+ *   - strings: the length limit of the field; for instance also the id
+ *     syntax (settings_instance_valid). The syntax of hostname,
+ *     from_address and test_address is NOT checked here, nor is any field
+ *     required: settings_validate() does both, so a draft can be built up
+ *     one field at a time;
+ *   - booleans: on/off, yes/no, true/false, 1/0 (any case);
+ *   - port: 1-65535, or "default" / "0";
+ *   - tls_mode: strict or starttls (any case), "" for unset;
+ *   - timeouts: whole seconds 0-SETTINGS_TIMEOUT_MAX, or "default" (0);
+ *   - fallback_relays: a comma-separated host[:port] list ("" for none) of
+ *     at most SETTINGS_RELAYS_MAX entries, IPv6 in brackets; each host's
+ *     syntax is checked here, as the list must be parsed anyway, and each
+ *     port must be 1-65535.
+ * The password is not settable here (settings_set_password), nor the
+ * certificate (settings_set_certificate): both are refused with a problem.
  */
 int settings_set_field(struct settings *s, enum settings_field field, const char *value,
                        struct settings_problems *problems);
@@ -183,7 +195,8 @@ void settings_problem_add(struct settings_problems *p, const char *field, bool i
 uint32_t settings_port(const struct settings *s);
 
 const char *settings_field_name(enum settings_field f);
-/* Looks a field up by name; accepts '-' for '_'. -1 if unknown. */
+/* Looks a field up by name, ignoring case; accepts '-' for '_'. Returns the
+ * enum settings_field value, or ERROR_NOT_FOUND (negative) if unknown. */
 int settings_field_lookup(const char *name);
 const char *settings_tls_mode_name(enum settings_tls_mode m);
 

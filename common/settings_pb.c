@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "syntax.h"
 
 /*
  * protobuf-c declares string fields as `char *` although packing never
@@ -25,12 +26,35 @@ static Smtpsync__TlsMode tls_mode_to_pb(enum settings_tls_mode m)
     return SMTPSYNC__TLS_MODE__TLS_MODE_UNSET;
 }
 
+/* True if a fixed string field holds a NUL within its array. */
+#define TERMINATED(arr) (strnlen((arr), sizeof(arr)) < sizeof(arr))
+
+/* What the view can represent faithfully: protobuf-c would read past an
+ * unterminated array, and an unknown mode or relay count has no encoding. */
+static bool view_possible(const struct settings *s)
+{
+    if (!TERMINATED(s->instance) || !TERMINATED(s->hostname) || !TERMINATED(s->from_address) ||
+        !TERMINATED(s->user_id) || !TERMINATED(s->test_address))
+        return false;
+    if (s->tls_mode != SETTINGS_TLS_UNSET && s->tls_mode != SETTINGS_TLS_STRICT &&
+        s->tls_mode != SETTINGS_TLS_STARTTLS)
+        return false;
+    if (s->nrelays > SETTINGS_RELAYS_MAX)
+        return false;
+    for (size_t i = 0; i < s->nrelays; i++)
+        if (!TERMINATED(s->relays[i].hostname))
+            return false;
+    return true;
+}
+
 int settings_pb_view(struct settings_pb *v, const struct settings *s,
                      enum settings_pb_secret secret)
 {
     const struct settings_timeouts *t = &s->timeouts;
     Smtpsync__Settings *m = &v->msg;
 
+    if (!view_possible(s))
+        return ERROR_INVALID;
     if (secret == SETTINGS_PB_SECRET_PLAIN && s->password_set && s->password == NULL)
         return ERROR_INVALID;
 
@@ -75,7 +99,7 @@ int settings_pb_view(struct settings_pb *v, const struct settings *s,
         t->data_term)
         m->timeouts = &v->timeouts;
 
-    for (size_t i = 0; i < s->nrelays && i < SETTINGS_RELAYS_MAX; i++) {
+    for (size_t i = 0; i < s->nrelays; i++) {
         smtpsync__relay__init(&v->relays[i]);
         v->relays[i].hostname = BORROW(s->relays[i].hostname);
         v->relays[i].port = s->relays[i].port;
@@ -86,8 +110,11 @@ int settings_pb_view(struct settings_pb *v, const struct settings *s,
     return 0;
 }
 
-/* Copies a protobuf string into a fixed field, refusing what does not fit. */
-static void copy_str(char *dst, size_t cap, const char *src, const char *field,
+#define PORT_MAX 65535u
+
+/* Copies a protobuf string into a fixed field, refusing what does not fit
+ * and control characters, as the setters do. False if refused. */
+static bool copy_str(char *dst, size_t cap, const char *src, const char *field,
                      struct settings_problems *p)
 {
     size_t len = src != NULL ? strlen(src) : 0;
@@ -95,9 +122,64 @@ static void copy_str(char *dst, size_t cap, const char *src, const char *field,
     if (len >= cap) {
         settings_problem_add(p, field, false, "is too long (%zu characters; at most %zu)", len,
                              cap - 1);
-        return;
+        return false;
+    }
+    if (src != NULL && syntax_has_control(src)) {
+        settings_problem_add(p, field, false,
+                             "contains a control character (such as a line break); remove it");
+        return false;
     }
     memcpy(dst, src != NULL ? src : "", len + 1);
+    return true;
+}
+
+static void decode_timeouts(struct settings *out, const Smtpsync__Timeouts *t,
+                            struct settings_problems *p)
+{
+    const struct {
+        const char *field;
+        uint32_t value;
+        uint32_t *dst;
+    } map[] = {
+        {"timeout_connect", t->connect, &out->timeouts.connect},
+        {"timeout_greeting", t->greeting, &out->timeouts.greeting},
+        {"timeout_command", t->command, &out->timeouts.command},
+        {"timeout_mail", t->mail, &out->timeouts.mail},
+        {"timeout_rcpt", t->rcpt, &out->timeouts.rcpt},
+        {"timeout_data_init", t->data_init, &out->timeouts.data_init},
+        {"timeout_data_block", t->data_block, &out->timeouts.data_block},
+        {"timeout_data_term", t->data_term, &out->timeouts.data_term},
+    };
+
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+        if (map[i].value > SETTINGS_TIMEOUT_MAX)
+            settings_problem_add(p, map[i].field, false,
+                                 "is %u seconds; at most %d (or 0 for the default)", map[i].value,
+                                 SETTINGS_TIMEOUT_MAX);
+        else
+            *map[i].dst = map[i].value;
+    }
+}
+
+static void decode_relays(struct settings *out, const Smtpsync__Settings *m,
+                          struct settings_problems *p)
+{
+    if (m->n_fallback_relays > SETTINGS_RELAYS_MAX) {
+        settings_problem_add(p, "fallback_relays", false, "lists %zu relays; at most %d",
+                             m->n_fallback_relays, SETTINGS_RELAYS_MAX);
+        return;
+    }
+    for (size_t i = 0; i < m->n_fallback_relays; i++) {
+        const Smtpsync__Relay *r = m->fallback_relays[i];
+
+        copy_str(out->relays[i].hostname, sizeof(out->relays[i].hostname), r->hostname,
+                 "fallback_relays", p);
+        if (r->port > PORT_MAX)
+            settings_problem_add(p, "fallback_relays", false,
+                                 "entry %zu: port %u is out of range (1 to 65535)", i + 1, r->port);
+        out->relays[i].port = r->port;
+    }
+    out->nrelays = m->n_fallback_relays;
 }
 
 static void decode_tls_mode(struct settings *out, Smtpsync__TlsMode m, struct settings_problems *p)
@@ -168,9 +250,18 @@ int settings_pb_decode(struct settings *out, const Smtpsync__Settings *m,
     int rc;
 
     settings_clear(out);
-    copy_str(out->instance, sizeof(out->instance), m->instance, "instance", problems);
+    /* Every record names its instance: the store keys it by the id, peers
+     * address it by the id. */
+    if (copy_str(out->instance, sizeof(out->instance), m->instance, "instance", problems) &&
+        !settings_instance_valid(out->instance))
+        settings_problem_add(problems, "instance", false,
+                             "is missing or not a valid instance id (letters, digits, \".\", "
+                             "\"_\" and \"-\", starting with a letter or digit)");
     copy_str(out->hostname, sizeof(out->hostname), m->hostname, "hostname", problems);
     out->port = m->port;
+    if (m->port > PORT_MAX)
+        settings_problem_add(problems, "port", false,
+                             "%u is out of range (1 to 65535, or 0 for the default)", m->port);
     copy_str(out->from_address, sizeof(out->from_address), m->from_address, "from_address",
              problems);
     out->logon_required = m->logon_required;
@@ -182,31 +273,9 @@ int settings_pb_decode(struct settings *out, const Smtpsync__Settings *m,
     out->starttls_fallback = m->starttls_fallback;
     out->allow_plaintext_auth = m->allow_plaintext_auth;
 
-    if (m->timeouts != NULL) {
-        const Smtpsync__Timeouts *t = m->timeouts;
-        out->timeouts = (struct settings_timeouts){
-            .connect = t->connect,
-            .greeting = t->greeting,
-            .command = t->command,
-            .mail = t->mail,
-            .rcpt = t->rcpt,
-            .data_init = t->data_init,
-            .data_block = t->data_block,
-            .data_term = t->data_term,
-        };
-    }
-
-    if (m->n_fallback_relays > SETTINGS_RELAYS_MAX) {
-        settings_problem_add(problems, "fallback_relays", false, "lists %zu relays; at most %d",
-                             m->n_fallback_relays, SETTINGS_RELAYS_MAX);
-    } else {
-        for (size_t i = 0; i < m->n_fallback_relays; i++) {
-            copy_str(out->relays[i].hostname, sizeof(out->relays[i].hostname),
-                     m->fallback_relays[i]->hostname, "fallback_relays", problems);
-            out->relays[i].port = m->fallback_relays[i]->port;
-        }
-        out->nrelays = m->n_fallback_relays;
-    }
+    if (m->timeouts != NULL)
+        decode_timeouts(out, m->timeouts, problems);
+    decode_relays(out, m, problems);
 
     rc = decode_secret(out, m->password, problems);
     if (rc == 0)

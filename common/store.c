@@ -16,12 +16,14 @@
 #include "error.h"
 #include "seal.h"
 #include "settings_pb.h"
+#include "syntax.h"
 #include "internal.h"
 
 /*
  * This file: opening the environment, the write-transaction helper,
- * records (sealing), meta, reading, drafts and save. States rebuilt from
- * history, the chain hash and the history verbs are in store_history.c.
+ * records (sealing), meta and reading. Drafts and save are in
+ * store_draft.c; states rebuilt from history, the chain hash and the
+ * history verbs in store_history.c.
  */
 
 #define STORE_FORMAT      1
@@ -30,6 +32,7 @@
 #define STORE_MAXDBS      16
 #define STORE_META_KEY    "state"
 #define STORE_KEY_FILE    "node.key"
+#define STORE_DATA_FILE   "data.mdb" /* LMDB's file in the data directory */
 
 int store__check_commit(const struct store_commit *c)
 {
@@ -39,6 +42,10 @@ int store__check_commit(const struct store_commit *c)
         return ERROR_TOO_BIG;
     if (c->comment != NULL && strlen(c->comment) > STORE_COMMENT_MAX)
         return ERROR_TOO_BIG;
+    /* History is printed line by line, one row per line: a line break or an
+     * escape sequence in it would forge rows or drive the terminal. */
+    if (syntax_has_control(c->actor) || (c->comment != NULL && syntax_has_control(c->comment)))
+        return ERROR_INVALID;
     return 0;
 }
 
@@ -102,13 +109,37 @@ int store__write(struct store *st, store__txn_fn body, void *arg)
 /* ------------------------------------------------------------------------ */
 /* Records. */
 
+#define STORE_AAD_LABEL "smtpsync-secret-v1"
+#define STORE_AAD_MAX   (sizeof(STORE_AAD_LABEL) + SETTINGS_INSTANCE_MAX + 1 + SETTINGS_SECRET_ID_LEN)
+
+/*
+ * The associated data a password is sealed with:
+ *     "smtpsync-secret-v1" 0x00 instance 0x00 password_id (16 bytes)
+ * The instance keeps a blob from opening in another instance's record; the
+ * id keeps an older password of the same instance (history, a rollback
+ * source) from being put back under the current id unnoticed, as the chain
+ * hash covers only the id. Returns the length written to out.
+ */
+static size_t secret_aad(uint8_t out[STORE_AAD_MAX], const char *instance,
+                         const uint8_t id[SETTINGS_SECRET_ID_LEN])
+{
+    size_t n = sizeof(STORE_AAD_LABEL), ilen = strnlen(instance, SETTINGS_INSTANCE_MAX);
+
+    memcpy(out, STORE_AAD_LABEL, n); /* with its NUL: the separator */
+    memcpy(out + n, instance, ilen);
+    n += ilen;
+    out[n++] = 0x00;
+    memcpy(out + n, id, SETTINGS_SECRET_ID_LEN);
+    return n + SETTINGS_SECRET_ID_LEN;
+}
+
 /* Packs `s` as it is stored: the password sealed under the node key and
- * bound to the instance id. *out is malloc'd. */
-static int record_pack(struct store *st, const struct settings *s, uint8_t **out, size_t *out_len)
+ * bound to the instance and the secret id. *out is malloc'd. */
+int store__record_pack(struct store *st, const struct settings *s, uint8_t **out, size_t *out_len)
 {
     struct settings_pb v;
-    uint8_t *sealed = NULL, *buf;
-    size_t sealed_len = 0, plen, len;
+    uint8_t aad[STORE_AAD_MAX], *sealed = NULL, *buf;
+    size_t sealed_len = 0, plen, len, aadlen;
     int rc;
 
     rc = settings_pb_view(&v, s, SETTINGS_PB_SECRET_ID);
@@ -121,7 +152,8 @@ static int record_pack(struct store *st, const struct settings *s, uint8_t **out
         sealed = malloc(seal_sealed_len(plen));
         if (sealed == NULL)
             return -ENOMEM;
-        rc = seal_seal(&st->key, s->instance, (const uint8_t *)s->password, plen, sealed,
+        aadlen = secret_aad(aad, s->instance, s->password_id);
+        rc = seal_seal(&st->key, aad, aadlen, (const uint8_t *)s->password, plen, sealed,
                        seal_sealed_len(plen), &sealed_len);
         if (rc != 0)
             goto free_sealed;
@@ -143,11 +175,13 @@ free_sealed:
     return rc;
 }
 
-/* Opens a sealed secret into a new NUL-terminated string (*out, wiped and
- * freed by settings_clear). */
-static int secret_open(struct store *st, const Smtpsync__Secret *sec, const char *aad, char **out)
+/* Opens the sealed password of the decoded record `s` into a new
+ * NUL-terminated string (*out, wiped and freed by settings_clear). */
+static int secret_open(struct store *st, const Smtpsync__Secret *sec, const struct settings *s,
+                       char **out)
 {
-    size_t cap, plen;
+    uint8_t aad[STORE_AAD_MAX];
+    size_t cap, plen, aadlen;
     char *buf;
     int rc;
 
@@ -157,7 +191,9 @@ static int secret_open(struct store *st, const Smtpsync__Secret *sec, const char
     buf = malloc(cap + 1);
     if (buf == NULL)
         return -ENOMEM;
-    rc = seal_open(&st->key, aad, sec->sealed.data, sec->sealed.len, (uint8_t *)buf, cap, &plen);
+    aadlen = secret_aad(aad, s->instance, s->password_id);
+    rc = seal_open(&st->key, aad, aadlen, sec->sealed.data, sec->sealed.len, (uint8_t *)buf, cap,
+                   &plen);
     if (rc == 0 && memchr(buf, '\0', plen) != NULL)
         rc = ERROR_CORRUPT;
     if (rc != 0) {
@@ -175,30 +211,50 @@ Smtpsync__Settings *store__record_unpack(const void *data, size_t len)
     return smtpsync__settings__unpack(NULL, len, data);
 }
 
-/* Decodes an unpacked stored record into `out` (cleared first); with
+/*
+ * Decodes an unpacked stored record into `out` (cleared first); with
  * STORE_UNSEAL also opens its password. `instance`, when given, is the key
- * the record was found under and must be its id. */
-static int record_decode_msg(struct store *st, const Smtpsync__Settings *m, const char *instance,
-                             unsigned flags, struct settings *out)
+ * the record was found under and must be its id. When the record is
+ * refused (ERROR_CORRUPT, ERROR_TAMPERED) and `problems` is not NULL, it
+ * says which field failed and why.
+ */
+int store__record_decode_msg(struct store *st, const Smtpsync__Settings *m, const char *instance,
+                             unsigned flags, struct settings *out,
+                             struct settings_problems *problems)
 {
-    struct settings_problems problems;
+    struct settings_problems local;
     int rc;
 
     settings_clear(out);
+    if (problems == NULL) {
+        local.count = 0;
+        local.dropped = 0;
+        problems = &local;
+    }
     /* Plaintext never reaches LMDB; a record holding one is not ours. */
-    if (m->password != NULL && m->password->plaintext.len != 0)
+    if (m->password != NULL && m->password->plaintext.len != 0) {
+        settings_problem_add(problems, "password", false,
+                             "is stored in plain text, which this store never does; set it again");
         return ERROR_CORRUPT;
-    problems.count = 0;
-    problems.dropped = 0;
-    rc = settings_pb_decode(out, m, &problems);
+    }
+    rc = settings_pb_decode(out, m, problems);
     if (rc != 0)
         return rc == ERROR_DECODE ? ERROR_CORRUPT : rc;
     if (instance != NULL && strcmp(out->instance, instance) != 0) {
+        settings_problem_add(problems, "instance", false,
+                             "does not match the instance the record is stored under");
         rc = ERROR_CORRUPT;
         goto clear_out;
     }
     if ((flags & STORE_UNSEAL) && out->password_set) {
-        rc = secret_open(st, m->password, out->instance, &out->password);
+        rc = secret_open(st, m->password, out, &out->password);
+        if (rc == ERROR_TAMPERED)
+            settings_problem_add(problems, "password", false,
+                                 "does not open under this node's key (altered, moved from "
+                                 "another record, or sealed under another key); set it again");
+        else if (rc == ERROR_CORRUPT)
+            settings_problem_add(problems, "password", false,
+                                 "is set but its sealed value is missing or damaged; set it again");
         if (rc != 0)
             goto clear_out;
     }
@@ -218,7 +274,7 @@ int store__record_decode(struct store *st, const void *data, size_t len, const c
     m = store__record_unpack(data, len);
     if (m == NULL)
         return ERROR_CORRUPT;
-    rc = record_decode_msg(st, m, instance, flags, out);
+    rc = store__record_decode_msg(st, m, instance, flags, out, NULL);
     smtpsync__settings__free_unpacked(m, NULL);
     return rc;
 }
@@ -250,8 +306,13 @@ int store__meta_read(struct store *st, MDB_txn *txn, struct store_meta *out)
     if (m == NULL)
         return ERROR_CORRUPT;
     rc = ERROR_CORRUPT;
+    /* A meta without a key check value or a snapshot digest is refused as
+     * corrupt rather than adopted: every store this code makes has both
+     * from its first transaction (there was no release before them), and
+     * adopting would accept whatever key or snapshot happens to be there. */
     if (m->format != STORE_FORMAT || m->hash.len != STORE_HASH_LEN ||
-        m->base_hash.len != STORE_HASH_LEN || m->base_revision > m->revision)
+        m->base_hash.len != STORE_HASH_LEN || m->base_state_hash.len != STORE_HASH_LEN ||
+        m->key_check.len != SEAL_CHECK_LEN || m->base_revision > m->revision)
         goto free_meta;
     out->revision = m->revision;
     out->epoch = m->epoch;
@@ -259,6 +320,8 @@ int store__meta_read(struct store *st, MDB_txn *txn, struct store_meta *out)
     out->revision_time_ms = m->revision_time_ms;
     memcpy(out->hash, m->hash.data, STORE_HASH_LEN);
     memcpy(out->base_hash, m->base_hash.data, STORE_HASH_LEN);
+    memcpy(out->base_state_hash, m->base_state_hash.data, STORE_HASH_LEN);
+    memcpy(out->key_check, m->key_check.data, SEAL_CHECK_LEN);
     rc = 0;
 free_meta:
     smtpsync__store_meta__free_unpacked(m, NULL);
@@ -271,7 +334,7 @@ int store__meta_write(struct store *st, MDB_txn *txn, struct store_meta *meta)
 {
     Smtpsync__StoreMeta fresh, *old = NULL, *m = &fresh;
     MDB_val key = store__key_str(STORE_META_KEY), val;
-    ProtobufCBinaryData saved_hash, saved_base;
+    ProtobufCBinaryData saved_hash, saved_base, saved_state, saved_check;
     int rc;
 
     smtpsync__store_meta__init(&fresh);
@@ -287,6 +350,8 @@ int store__meta_write(struct store *st, MDB_txn *txn, struct store_meta *meta)
     /* Borrow our hashes for packing; the unpacked ones go back before free. */
     saved_hash = m->hash;
     saved_base = m->base_hash;
+    saved_state = m->base_state_hash;
+    saved_check = m->key_check;
     m->format = STORE_FORMAT;
     m->revision = meta->revision;
     m->epoch = meta->epoch;
@@ -294,6 +359,9 @@ int store__meta_write(struct store *st, MDB_txn *txn, struct store_meta *meta)
     m->revision_time_ms = meta->revision_time_ms;
     m->hash = (ProtobufCBinaryData){.len = STORE_HASH_LEN, .data = meta->hash};
     m->base_hash = (ProtobufCBinaryData){.len = STORE_HASH_LEN, .data = meta->base_hash};
+    m->base_state_hash =
+        (ProtobufCBinaryData){.len = STORE_HASH_LEN, .data = meta->base_state_hash};
+    m->key_check = (ProtobufCBinaryData){.len = SEAL_CHECK_LEN, .data = meta->key_check};
 
     val.mv_size = smtpsync__store_meta__get_packed_size(m);
     rc = mdb_put(txn, st->meta, &key, &val, MDB_RESERVE);
@@ -302,6 +370,8 @@ int store__meta_write(struct store *st, MDB_txn *txn, struct store_meta *meta)
 
     m->hash = saved_hash;
     m->base_hash = saved_base;
+    m->base_state_hash = saved_state;
+    m->key_check = saved_check;
     if (old != NULL)
         smtpsync__store_meta__free_unpacked(old, NULL);
     return rc;
@@ -319,13 +389,22 @@ static const struct {
     {"meta", offsetof(struct store, meta)},
 };
 
+struct open_ctx {
+    bool create;
+};
+
 static int open_body(struct store *st, MDB_txn *txn, void *arg)
 {
+    struct open_ctx *c = arg;
+    struct store_state empty = {0};
+    uint8_t check[SEAL_CHECK_LEN];
     struct store_meta meta;
     MDB_val key = store__key_str(STORE_META_KEY), val;
     int rc;
 
-    (void)arg;
+    rc = seal_key_check(&st->key, check);
+    if (rc != 0)
+        return rc;
     for (size_t i = 0; i < sizeof(store_dbs) / sizeof(store_dbs[0]); i++) {
         MDB_dbi *dbi = (MDB_dbi *)((char *)st + store_dbs[i].offset);
         rc = mdb_dbi_open(txn, store_dbs[i].name, MDB_CREATE, dbi);
@@ -333,26 +412,60 @@ static int open_body(struct store *st, MDB_txn *txn, void *arg)
             return rc;
     }
     rc = mdb_get(txn, st->meta, &key, &val);
-    if (rc == 0)
-        return store__meta_read(st, txn, &meta);
+    if (rc == 0) {
+        rc = store__meta_read(st, txn, &meta);
+        if (rc == 0 && CRYPTO_memcmp(meta.key_check, check, SEAL_CHECK_LEN) != 0)
+            rc = ERROR_KEYFILE; /* another key than the store was made with */
+        return rc;
+    }
     if (rc != MDB_NOTFOUND)
         return rc;
-    /* A new store: revision 0, epoch 1, h(0) = zeros, nothing compacted. */
+    /* No meta: the store was never made, or its making was cut short
+     * before this transaction committed (nothing else was written then).
+     * Without `create` this transaction is aborted: nothing is made. */
+    if (!c->create)
+        return ERROR_NOT_FOUND;
+    /* A new store: revision 0, epoch 1, h(0) = zeros, nothing compacted,
+     * an empty snapshot, and the check value of the key it is made with. */
     memset(&meta, 0, sizeof(meta));
     meta.epoch = 1;
+    memcpy(meta.key_check, check, SEAL_CHECK_LEN);
+    rc = store__state_digest(&empty, meta.base_state_hash);
+    if (rc != 0)
+        return rc;
     return store__meta_write(st, txn, &meta);
 }
 
+/*
+ * The key file rules (store.h): a new store, one whose data file does not
+ * exist yet, may create its key; an existing one never does, so a mistyped
+ * key path fails instead of sealing new secrets under a second key. Which
+ * key is the right one is settled by meta's key check value (open_body).
+ */
 int store_open(const struct store_params *params, struct store **out)
 {
-    char keypath[PATH_MAX];
+    char keypath[PATH_MAX], datapath[PATH_MAX];
     const char *kp = params->key_file;
+    struct open_ctx oc = {.create = params->create};
     struct store *st;
+    struct stat sb;
+    bool fresh;
     int rc, dead;
 
     if (params->dir == NULL || params->dir[0] == '\0')
         return ERROR_INVALID;
-    if (mkdir(params->dir, 0700) != 0 && errno != EEXIST)
+    if ((size_t)snprintf(datapath, sizeof(datapath), "%s/%s", params->dir, STORE_DATA_FILE) >=
+        sizeof(datapath))
+        return -ENAMETOOLONG;
+    if (stat(datapath, &sb) == 0)
+        fresh = false;
+    else if (errno == ENOENT)
+        fresh = true; /* also when the directory is missing */
+    else
+        return -errno;
+    if (fresh && !params->create)
+        return ERROR_NOT_FOUND; /* and nothing is made, not even the directory */
+    if (fresh && mkdir(params->dir, 0700) != 0 && errno != EEXIST)
         return -errno;
     if (kp == NULL) {
         if ((size_t)snprintf(keypath, sizeof(keypath), "%s/%s", params->dir, STORE_KEY_FILE) >=
@@ -363,7 +476,10 @@ int store_open(const struct store_params *params, struct store **out)
     st = calloc(1, sizeof(*st));
     if (st == NULL)
         return -ENOMEM;
-    rc = seal_key_load(kp, true, &st->key);
+    rc = seal_key_load(kp, fresh, &st->key);
+    /* Missing or unreadable is the key file's fault, in the header's terms. */
+    if (rc == -ENOENT || rc == -EACCES || rc == -EPERM || rc == -EISDIR)
+        rc = ERROR_KEYFILE;
     if (rc != 0)
         goto free_store;
     rc = mdb_env_create(&st->env);
@@ -380,7 +496,7 @@ int store_open(const struct store_params *params, struct store **out)
     /* A process killed while reading leaves its reader slot behind. */
     rc = mdb_reader_check(st->env, &dead);
     if (rc == 0)
-        rc = store__write(st, open_body, NULL);
+        rc = store__write(st, open_body, &oc);
     if (rc != 0)
         goto env_close;
     *out = st;
@@ -437,7 +553,7 @@ int store_info(struct store *st, struct store_info *out)
 
 /* Decodes every record of a state, then calls cb for each: a decode
  * failure is reported before any callback runs. */
-static int state_each(struct store *st, const struct store_state *s, unsigned flags,
+int store__state_each(struct store *st, const struct store_state *s, unsigned flags,
                       store_each_cb cb, void *arg)
 {
     struct settings *recs;
@@ -527,358 +643,8 @@ int store_each(struct store *st, uint64_t revision, unsigned flags, store_each_c
     /* Callbacks run outside the transaction: they may use the store. */
     mdb_txn_abort(txn);
     if (rc == 0)
-        rc = state_each(st, &s, flags, cb, arg);
+        rc = store__state_each(st, &s, flags, cb, arg);
     store__state_free(&s);
-    return rc;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Drafts. */
-
-struct draft_put_ctx {
-    const char *instance;
-    uint8_t *data;
-    size_t len;
-};
-
-static int draft_put_body(struct store *st, MDB_txn *txn, void *arg)
-{
-    struct draft_put_ctx *c = arg;
-    MDB_val key = store__key_str(c->instance), val = {.mv_size = c->len, .mv_data = c->data};
-
-    return mdb_put(txn, st->drafts, &key, &val, 0);
-}
-
-int store_draft_put(struct store *st, const struct settings *s)
-{
-    struct draft_put_ctx c = {.instance = s->instance};
-    int rc;
-
-    if (!settings_instance_valid(s->instance) || s->nrelays > SETTINGS_RELAYS_MAX)
-        return ERROR_INVALID;
-    /* What settings_pb_decode() would refuse must not be stored: the draft
-     * could never be read back. */
-    if (s->trust_certificate != NULL &&
-        strnlen(s->trust_certificate, SETTINGS_PEM_MAX + 1) > SETTINGS_PEM_MAX)
-        return ERROR_TOO_BIG;
-    rc = record_pack(st, s, &c.data, &c.len);
-    if (rc != 0)
-        return rc;
-    rc = store__write(st, draft_put_body, &c);
-    free(c.data);
-    return rc;
-}
-
-int store_draft_get(struct store *st, const char *instance, unsigned flags, struct settings *out)
-{
-    MDB_txn *txn;
-    MDB_val key, val;
-    int rc;
-
-    settings_clear(out);
-    if (instance == NULL || !settings_instance_valid(instance))
-        return ERROR_INVALID;
-    rc = store__txn_read(st, &txn);
-    if (rc != 0)
-        return rc;
-    key = store__key_str(instance);
-    rc = mdb_get(txn, st->drafts, &key, &val);
-    if (rc == MDB_NOTFOUND)
-        rc = ERROR_NOT_FOUND;
-    if (rc == 0)
-        rc = store__record_decode(st, val.mv_data, val.mv_size, instance, flags, out);
-    mdb_txn_abort(txn);
-    return rc;
-}
-
-static int draft_discard_body(struct store *st, MDB_txn *txn, void *arg)
-{
-    const char *instance = arg;
-    MDB_stat ms;
-    MDB_val key;
-    int rc;
-
-    if (instance != NULL) {
-        key = store__key_str(instance);
-        rc = mdb_del(txn, st->drafts, &key, NULL);
-        return rc == MDB_NOTFOUND ? ERROR_NOT_FOUND : rc;
-    }
-    rc = mdb_stat(txn, st->drafts, &ms);
-    if (rc != 0)
-        return rc;
-    if (ms.ms_entries == 0)
-        return ERROR_NOT_FOUND;
-    return mdb_drop(txn, st->drafts, 0);
-}
-
-int store_draft_discard(struct store *st, const char *instance)
-{
-    if (instance != NULL && !settings_instance_valid(instance))
-        return ERROR_INVALID;
-    return store__write(st, draft_discard_body, STORE_BORROW(instance));
-}
-
-int store_draft_each(struct store *st, unsigned flags, store_each_cb cb, void *arg)
-{
-    struct store_state s = {0};
-    MDB_txn *txn;
-    int rc;
-
-    rc = store__txn_read(st, &txn);
-    if (rc != 0)
-        return rc;
-    rc = store__state_load(txn, st->drafts, &s);
-    mdb_txn_abort(txn);
-    if (rc == 0)
-        rc = state_each(st, &s, flags, cb, arg);
-    store__state_free(&s);
-    return rc;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Save. */
-
-struct save_item {
-    char instance[SETTINGS_INSTANCE_MAX + 1];
-    Smtpsync__Settings *msg; /* the draft as stored */
-    bool changed;
-};
-
-struct save_ctx {
-    const char *const *instances;
-    size_t n;
-    const struct store_commit *commit;
-    struct settings_problems *problems;
-    size_t problems_count; /* the caller's list as it was, restored on retry */
-    size_t problems_dropped;
-    uint64_t revision;
-};
-
-static void save_items_free(struct save_item *items, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (items[i].msg != NULL)
-            smtpsync__settings__free_unpacked(items[i].msg, NULL);
-    free(items);
-}
-
-/* Collects the drafts to save: the named ones, or all. */
-static int save_collect(struct store *st, MDB_txn *txn, struct save_ctx *c, struct save_item **out,
-                        size_t *nout)
-{
-    struct save_item *items = NULL, *grown;
-    size_t n = 0, cap = 0;
-    MDB_cursor *cur = NULL;
-    MDB_val key, val;
-    int rc = 0;
-
-    if (c->n == 0) {
-        rc = mdb_cursor_open(txn, st->drafts, &cur);
-        if (rc != 0)
-            return rc;
-        rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
-    }
-    for (size_t i = 0;; i++) {
-        if (c->n > 0) {
-            bool dup = false;
-            if (i == c->n)
-                break;
-            if (!settings_instance_valid(c->instances[i])) {
-                rc = ERROR_INVALID;
-                break;
-            }
-            for (size_t j = 0; j < n && !dup; j++)
-                dup = strcmp(items[j].instance, c->instances[i]) == 0;
-            if (dup)
-                continue;
-            key = store__key_str(c->instances[i]);
-            rc = mdb_get(txn, st->drafts, &key, &val);
-            if (rc == MDB_NOTFOUND)
-                rc = ERROR_NOT_FOUND;
-        } else if (i > 0) {
-            rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
-        }
-        if (rc == MDB_NOTFOUND && c->n == 0) {
-            rc = 0;
-            break;
-        }
-        if (rc != 0)
-            break;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            grown = realloc(items, cap * sizeof(*items));
-            if (grown == NULL) {
-                rc = -ENOMEM;
-                break;
-            }
-            items = grown;
-        }
-        memset(&items[n], 0, sizeof(items[n]));
-        rc = store__key_instance(&key, items[n].instance);
-        if (rc != 0)
-            break;
-        items[n].msg = store__record_unpack(val.mv_data, val.mv_size);
-        if (items[n].msg == NULL) {
-            rc = ERROR_CORRUPT;
-            break;
-        }
-        n++;
-    }
-    if (cur != NULL)
-        mdb_cursor_close(cur);
-    if (rc != 0) {
-        save_items_free(items, n);
-        return rc;
-    }
-    *out = items;
-    *nout = n;
-    return 0;
-}
-
-/* Validates one draft fully, adding its problems to the caller's list
- * with "<instance>." before each field name; notes whether it changes the
- * current record. */
-static int save_check(struct store *st, MDB_txn *txn, struct save_ctx *c, struct save_item *item,
-                      bool *valid)
-{
-    struct settings_problems *local;
-    struct settings draft, current;
-    MDB_val key = store__key_str(item->instance), val;
-    char field[sizeof(local->items[0].field) + SETTINGS_INSTANCE_MAX + 2];
-    int rc;
-
-    local = calloc(1, sizeof(*local));
-    if (local == NULL)
-        return -ENOMEM;
-    settings_init(&draft);
-    settings_init(&current);
-    /* Unsealed so the password's own rules are checked too, and so a secret
-     * that no longer opens is refused before it is committed. */
-    rc = record_decode_msg(st, item->msg, item->instance, STORE_UNSEAL, &draft);
-    if (rc != 0)
-        goto free_local;
-    if (settings_validate(&draft, NULL, time(NULL), local) != 0) {
-        *valid = false;
-        for (size_t i = 0; i < local->count && c->problems != NULL; i++) {
-            snprintf(field, sizeof(field), "%s.%s", item->instance, local->items[i].field);
-            settings_problem_add(c->problems, field, local->items[i].incomplete, "%s",
-                                 local->items[i].message);
-        }
-        if (c->problems != NULL)
-            c->problems->dropped += local->dropped;
-    }
-    rc = mdb_get(txn, st->settings, &key, &val);
-    if (rc == MDB_NOTFOUND) {
-        item->changed = true;
-        rc = 0;
-    } else if (rc == 0) {
-        rc = store__record_decode(st, val.mv_data, val.mv_size, item->instance, 0, &current);
-        if (rc == 0)
-            item->changed = store__record_differs(&draft, &current);
-    }
-    settings_clear(&current);
-    settings_clear(&draft);
-free_local:
-    free(local);
-    return rc;
-}
-
-/*
- * A draft equal to the current record in every field is not written to
- * history (a revision without a change would only add noise). A save that
- * has some changed drafts also removes the unchanged ones, as their
- * content is current; when no draft changes anything the save returns
- * ERROR_EMPTY and, like every failed save, leaves the drafts in place.
- */
-static int save_body(struct store *st, MDB_txn *txn, void *arg)
-{
-    struct save_ctx *c = arg;
-    struct save_item *items = NULL;
-    Smtpsync__Change *changes = NULL, **ptrs = NULL;
-    struct store_meta meta;
-    size_t n = 0, nchanged = 0;
-    bool valid = true;
-    MDB_val key;
-    int rc;
-
-    if (c->problems != NULL) {
-        c->problems->count = c->problems_count;
-        c->problems->dropped = c->problems_dropped;
-    }
-    rc = store__meta_read(st, txn, &meta);
-    if (rc != 0)
-        return rc;
-    rc = save_collect(st, txn, c, &items, &n);
-    if (rc != 0)
-        return rc;
-    if (n == 0) {
-        rc = ERROR_EMPTY;
-        goto free_items;
-    }
-    for (size_t i = 0; i < n && rc == 0; i++)
-        rc = save_check(st, txn, c, &items[i], &valid);
-    if (rc == 0 && !valid)
-        rc = ERROR_INVALID;
-    if (rc != 0)
-        goto free_items;
-
-    changes = calloc(n, sizeof(*changes));
-    ptrs = calloc(n, sizeof(*ptrs));
-    if (changes == NULL || ptrs == NULL) {
-        rc = -ENOMEM;
-        goto free_changes;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!items[i].changed)
-            continue;
-        smtpsync__change__init(&changes[nchanged]);
-        changes[nchanged].instance = items[i].instance;
-        changes[nchanged].kind = SMTPSYNC__CHANGE_KIND__CHANGE_KIND_PUT;
-        changes[nchanged].settings = items[i].msg;
-        ptrs[nchanged] = &changes[nchanged];
-        nchanged++;
-    }
-    if (nchanged == 0) {
-        rc = ERROR_EMPTY;
-        goto free_changes;
-    }
-    rc = store__revision_commit(st, txn, &meta, c->commit, ptrs, nchanged, 0, &c->revision);
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        key = store__key_str(items[i].instance);
-        rc = mdb_del(txn, st->drafts, &key, NULL);
-    }
-free_changes:
-    free(ptrs);
-    free(changes);
-free_items:
-    save_items_free(items, n);
-    return rc;
-}
-
-int store_save(struct store *st, const char *const *instances, size_t n,
-               const struct store_commit *commit, struct settings_problems *problems,
-               uint64_t *revision_out)
-{
-    struct save_ctx c = {
-        .instances = instances,
-        .n = n,
-        .commit = commit,
-        .problems = problems,
-    };
-    int rc;
-
-    rc = store__check_commit(commit);
-    if (rc != 0)
-        return rc;
-    if (n > 0 && instances == NULL)
-        return ERROR_INVALID;
-    if (problems != NULL) {
-        c.problems_count = problems->count;
-        c.problems_dropped = problems->dropped;
-    }
-    rc = store__write(st, save_body, &c);
-    if (rc == 0 && revision_out != NULL)
-        *revision_out = c.revision;
     return rc;
 }
 

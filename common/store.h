@@ -12,11 +12,19 @@
  *
  * Every record is a packed protobuf message. The password is sealed with
  * seal.h under the node key before it reaches LMDB; plaintext never does.
+ * A sealed password is bound to its instance and its secret id, so it opens
+ * only in the record it was sealed for: not in another instance's, nor in
+ * place of a later password of the same instance.
  *
  * Chain hash: h(0) = 32 zero bytes; h(n) = SHA-256(h(n-1) || canonical(n)),
  * where canonical(n) is the packed Revision n with `hash` cleared and every
  * Secret reduced to its id (smtpsync.proto, header comment). Two nodes at
  * the same revision with different hashes have diverged.
+ *
+ * The snapshot is covered by meta.base_state_hash, a SHA-256 of it in the
+ * same canonical form (smtpsync.proto, StoreMeta), checked whenever the
+ * snapshot is read: an old revision, compaction and store_verify() refuse a
+ * snapshot that was altered with ERROR_CORRUPT.
  *
  * Every change is one LMDB write transaction: after a crash at any point a
  * reader sees either the whole revision or none of it. When the map is full,
@@ -65,7 +73,7 @@ struct store_info {
     uint64_t revision;
     uint64_t epoch;
     uint8_t hash[STORE_HASH_LEN];
-    uint64_t base_revision; /* revisions <= this can no longer be shown */
+    uint64_t base_revision; /* revisions < this can no longer be shown */
     int64_t revision_time_ms;
     size_t ndrafts;
     size_t ninstances;
@@ -104,7 +112,7 @@ int store_draft_each(struct store *st, unsigned flags, store_each_cb cb, void *a
 
 struct store_commit {
     const char *actor;   /* who: "local:root", "alice", ... (required) */
-    const char *comment; /* may be NULL */
+    const char *comment; /* may be NULL; like actor, one line of text */
     int64_t time_ms;     /* 0: now */
 };
 
@@ -114,9 +122,20 @@ struct store_commit {
  * chain hash is written and meta advances. `instances` names the drafts to
  * save (n = 0: every draft). Each draft is validated fully first; if any has
  * a problem nothing is written, the problems (field names prefixed with
- * "<instance>.") go to `problems` and ERROR_INVALID is returned.
- * ERROR_EMPTY when there is no draft to save; ERROR_NOT_FOUND when a named
- * instance has no draft.
+ * "<instance>.") go to `problems` and ERROR_INVALID is returned. A draft that
+ * cannot be read back is such a problem too: a password that no longer
+ * opens under this node's key is one on "<instance>.password", a damaged
+ * field one on that field, a draft that does not decode at all one on
+ * "<instance>".
+ * A draft equal to its current record in every field is not a change:
+ * when some drafts change something, the revision holds only those, and
+ * the unchanged drafts are removed with the others (their content is
+ * current). When no draft changes anything, ERROR_EMPTY is returned and the
+ * drafts stay, as after every failed save. ERROR_EMPTY also when there is no
+ * draft at all; ERROR_NOT_FOUND when a named instance has no draft;
+ * ERROR_INVALID (nothing checked) for a missing actor, an actor or comment
+ * holding a control character; ERROR_TOO_BIG for an actor or comment over
+ * its limit.
  */
 int store_save(struct store *st, const char *const *instances, size_t n,
                const struct store_commit *commit, struct settings_problems *problems,

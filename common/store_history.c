@@ -164,10 +164,27 @@ static int state_apply(struct store_state *s, const Smtpsync__Revision *r)
 /* ------------------------------------------------------------------------ */
 /* The chain hash. */
 
-struct canon_change {
-    Smtpsync__Change change;
+/* A shallow copy of a record with its Secret reduced to the id: the
+ * canonical form of a record in the chain hash and the snapshot digest.
+ * Sealed blobs differ on every node and must never enter either. */
+struct canon_settings {
     Smtpsync__Settings settings;
     Smtpsync__Secret secret;
+};
+
+static void canon_settings(struct canon_settings *c, const Smtpsync__Settings *m)
+{
+    c->settings = *m;
+    if (m->password != NULL) {
+        smtpsync__secret__init(&c->secret);
+        c->secret.id = m->password->id;
+        c->settings.password = &c->secret;
+    }
+}
+
+struct canon_change {
+    Smtpsync__Change change;
+    struct canon_settings settings;
 };
 
 /* out = SHA-256(prev || canonical(r)); canonical(r) packs a shallow copy of
@@ -194,13 +211,8 @@ static int chain_hash(const uint8_t prev[STORE_HASH_LEN], const Smtpsync__Revisi
     for (size_t i = 0; i < r->n_changes; i++) {
         cc[i].change = *r->changes[i];
         if (cc[i].change.settings != NULL) {
-            cc[i].settings = *cc[i].change.settings;
-            cc[i].change.settings = &cc[i].settings;
-            if (cc[i].settings.password != NULL) {
-                smtpsync__secret__init(&cc[i].secret);
-                cc[i].secret.id = cc[i].settings.password->id;
-                cc[i].settings.password = &cc[i].secret;
-            }
+            canon_settings(&cc[i].settings, cc[i].change.settings);
+            cc[i].change.settings = &cc[i].settings.settings;
         }
         ptrs[i] = &cc[i].change;
     }
@@ -230,15 +242,74 @@ free_all:
 }
 
 /*
+ * The canonical digest of a state (internal.h). A Snapshot message packs
+ * its repeated `records` one after the other, each as tag, length, record;
+ * so packing a Snapshot of one record at a time and hashing the pieces in
+ * order gives the digest of the whole message without building it.
+ */
+int store__state_digest(const struct store_state *s, uint8_t out[STORE_HASH_LEN])
+{
+    EVP_MD_CTX *ctx;
+    unsigned int outlen = 0;
+    uint8_t *buf = NULL, *grown;
+    size_t cap = 0;
+    int rc = ERROR_CRYPTO;
+
+    ctx = EVP_MD_CTX_new();
+    if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+        goto free_ctx;
+    for (size_t i = 0; i < s->n; i++) {
+        Smtpsync__Settings *m = store__record_unpack(s->v[i].data, s->v[i].len);
+        Smtpsync__Settings *rec;
+        struct canon_settings cs;
+        Smtpsync__Snapshot snap;
+        size_t len;
+
+        if (m == NULL) {
+            rc = ERROR_CORRUPT;
+            goto free_ctx;
+        }
+        canon_settings(&cs, m);
+        rec = &cs.settings;
+        smtpsync__snapshot__init(&snap);
+        snap.n_records = 1;
+        snap.records = &rec;
+        len = smtpsync__snapshot__get_packed_size(&snap);
+        if (len > cap) {
+            grown = realloc(buf, len);
+            if (grown == NULL) {
+                smtpsync__settings__free_unpacked(m, NULL);
+                rc = -ENOMEM;
+                goto free_ctx;
+            }
+            buf = grown;
+            cap = len;
+        }
+        smtpsync__snapshot__pack(&snap, buf);
+        smtpsync__settings__free_unpacked(m, NULL);
+        if (EVP_DigestUpdate(ctx, buf, len) != 1)
+            goto free_ctx;
+    }
+    if (EVP_DigestFinal_ex(ctx, out, &outlen) != 1 || outlen != STORE_HASH_LEN)
+        goto free_ctx;
+    rc = 0;
+free_ctx:
+    EVP_MD_CTX_free(ctx);
+    free(buf);
+    return rc;
+}
+
+/*
  * Rebuilds into `out` the state at `revision` (base <= revision <= head):
- * the snapshot, then every history row after the base replayed. With
- * `hash`, also recomputes the chain from meta's base hash, checks each
- * row's stored hash, and leaves h(revision) in `hash`.
+ * the snapshot, checked against meta's base_state_hash, then every history
+ * row after the base replayed. With `hash`, also recomputes the chain from
+ * meta's base hash, checks each row's stored hash, and leaves h(revision)
+ * in `hash`.
  */
 static int state_rebuild(struct store *st, MDB_txn *txn, const struct store_meta *meta,
                          uint64_t revision, uint8_t *hash, struct store_state *out)
 {
-    uint8_t kb[8], next_hash[STORE_HASH_LEN];
+    uint8_t kb[8], next_hash[STORE_HASH_LEN], digest[STORE_HASH_LEN];
     Smtpsync__Revision *r;
     MDB_cursor *cur;
     MDB_val key, val;
@@ -246,8 +317,13 @@ static int state_rebuild(struct store *st, MDB_txn *txn, const struct store_meta
     int rc;
 
     rc = store__state_load(txn, st->snapshot, out);
+    if (rc == 0)
+        rc = store__state_digest(out, digest);
     if (rc != 0)
         return rc;
+    /* The chain covers history only; this covers what it is replayed onto. */
+    if (memcmp(digest, meta->base_state_hash, STORE_HASH_LEN) != 0)
+        return ERROR_CORRUPT;
     if (hash != NULL)
         memcpy(hash, meta->base_hash, STORE_HASH_LEN);
     if (revision <= meta->base_revision)
@@ -493,10 +569,30 @@ int store_rollback(struct store *st, uint64_t revision, const struct store_commi
 /* ------------------------------------------------------------------------ */
 /* History and diff. */
 
-int store_history(struct store *st, size_t limit, store_history_cb cb, void *arg)
+/* The rows of store_history(), built whole before the first callback. */
+struct history_rows {
+    Smtpsync__Revision **msgs;
+    struct store_revision *rows;
+    const char **ids; /* every row's instance ids, one array */
+    bool *deleted;    /* and their flags */
+    size_t n;
+};
+
+static void history_rows_free(struct history_rows *h)
 {
-    Smtpsync__Revision **rows = NULL, **grown;
-    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < h->n; i++)
+        smtpsync__revision__free_unpacked(h->msgs[i], NULL);
+    free(h->msgs);
+    free(h->rows);
+    free(h->ids);
+    free(h->deleted);
+}
+
+/* Reads the newest `limit` rows (0: all) into h->msgs, newest first. */
+static int history_read(struct store *st, size_t limit, struct history_rows *h)
+{
+    Smtpsync__Revision **grown;
+    size_t cap = 0;
     MDB_cursor *cur;
     MDB_txn *txn;
     MDB_val key, val;
@@ -508,64 +604,86 @@ int store_history(struct store *st, size_t limit, store_history_cb cb, void *arg
     rc = mdb_cursor_open(txn, st->history, &cur);
     if (rc != 0)
         goto txn_abort;
-    for (rc = mdb_cursor_get(cur, &key, &val, MDB_LAST); rc == 0 && (limit == 0 || n < limit);
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_LAST); rc == 0 && (limit == 0 || h->n < limit);
          rc = mdb_cursor_get(cur, &key, &val, MDB_PREV)) {
-        if (n == cap) {
+        Smtpsync__Revision *r;
+
+        if (h->n == cap) {
             cap = cap ? cap * 2 : 16;
-            grown = realloc(rows, cap * sizeof(*rows));
+            grown = realloc(h->msgs, cap * sizeof(*grown));
             if (grown == NULL) {
                 rc = -ENOMEM;
                 break;
             }
-            rows = grown;
+            h->msgs = grown;
         }
-        rows[n] = smtpsync__revision__unpack(NULL, val.mv_size, val.mv_data);
-        if (rows[n] == NULL || key.mv_size != 8 || rows[n]->revision != store__rev_of_key(&key) ||
-            rows[n]->hash.len != STORE_HASH_LEN) {
+        r = smtpsync__revision__unpack(NULL, val.mv_size, val.mv_data);
+        if (r == NULL) {
             rc = ERROR_CORRUPT;
-            n += rows[n] != NULL;
             break;
         }
-        n++;
+        h->msgs[h->n++] = r;
+        if (key.mv_size != 8 || r->revision != store__rev_of_key(&key) ||
+            r->hash.len != STORE_HASH_LEN) {
+            rc = ERROR_CORRUPT;
+            break;
+        }
     }
     if (rc == MDB_NOTFOUND)
         rc = 0;
     mdb_cursor_close(cur);
 txn_abort:
     mdb_txn_abort(txn);
+    return rc;
+}
 
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        const Smtpsync__Revision *r = rows[i];
-        struct store_revision sr = {
-            .revision = r->revision,
-            .epoch = r->epoch,
-            .rollback_of = r->rollback_of,
-            .time_ms = r->time_ms,
-            .actor = r->actor,
-            .comment = r->comment,
-            .nchanges = r->n_changes,
-        };
-        const char **ids = calloc(r->n_changes + 1, sizeof(*ids));
-        bool *deleted = calloc(r->n_changes + 1, sizeof(*deleted));
+/* Fills h->rows from h->msgs: everything a callback sees. */
+static int history_build(struct history_rows *h)
+{
+    size_t total = 0, k = 0;
 
-        if (ids == NULL || deleted == NULL) {
-            rc = -ENOMEM;
-        } else {
-            for (size_t k = 0; k < r->n_changes; k++) {
-                ids[k] = r->changes[k]->instance;
-                deleted[k] = r->changes[k]->kind == SMTPSYNC__CHANGE_KIND__CHANGE_KIND_DELETE;
-            }
-            memcpy(sr.hash, r->hash.data, STORE_HASH_LEN);
-            sr.instances = ids;
-            sr.deleted = deleted;
-            rc = cb(&sr, arg);
+    for (size_t i = 0; i < h->n; i++)
+        total += h->msgs[i]->n_changes;
+    h->rows = calloc(h->n + 1, sizeof(*h->rows));
+    h->ids = calloc(total + 1, sizeof(*h->ids));
+    h->deleted = calloc(total + 1, sizeof(*h->deleted));
+    if (h->rows == NULL || h->ids == NULL || h->deleted == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < h->n; i++) {
+        const Smtpsync__Revision *r = h->msgs[i];
+        struct store_revision *sr = &h->rows[i];
+
+        sr->revision = r->revision;
+        sr->epoch = r->epoch;
+        sr->rollback_of = r->rollback_of;
+        sr->time_ms = r->time_ms;
+        sr->actor = r->actor;
+        sr->comment = r->comment;
+        memcpy(sr->hash, r->hash.data, STORE_HASH_LEN);
+        sr->nchanges = r->n_changes;
+        sr->instances = &h->ids[k];
+        sr->deleted = &h->deleted[k];
+        for (size_t c = 0; c < r->n_changes; c++, k++) {
+            h->ids[k] = r->changes[c]->instance;
+            h->deleted[k] = r->changes[c]->kind == SMTPSYNC__CHANGE_KIND__CHANGE_KIND_DELETE;
         }
-        free(ids);
-        free(deleted);
     }
-    for (size_t i = 0; i < n; i++)
-        smtpsync__revision__free_unpacked(rows[i], NULL);
-    free(rows);
+    return 0;
+}
+
+int store_history(struct store *st, size_t limit, store_history_cb cb, void *arg)
+{
+    struct history_rows h = {0};
+    int rc;
+
+    /* Every row is read and built before the first callback: a failure
+     * (corrupt row, no memory) is returned with no callback made. */
+    rc = history_read(st, limit, &h);
+    if (rc == 0)
+        rc = history_build(&h);
+    for (size_t i = 0; i < h.n && rc == 0; i++)
+        rc = cb(&h.rows[i], arg);
+    history_rows_free(&h);
     return rc;
 }
 
@@ -727,6 +845,8 @@ static int compact_body(struct store *st, MDB_txn *txn, void *arg)
     /* The chain is checked on the way: a corrupt history must not be
      * laundered into a snapshot and a fresh base hash. */
     rc = state_rebuild(st, txn, &meta, base, hash, &s);
+    if (rc == 0)
+        rc = store__state_digest(&s, meta.base_state_hash);
     if (rc == 0)
         rc = mdb_drop(txn, st->snapshot, 0);
     for (size_t i = 0; i < s.n && rc == 0; i++) {

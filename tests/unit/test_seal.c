@@ -10,12 +10,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "error.h"
 #include "seal.h"
 #include "testutil.h"
+
+/* A string as associated data, without its NUL. */
+#define AAD(str) (const uint8_t *)(str), strlen(str)
 
 struct fixture {
     char *dir;
@@ -118,12 +124,12 @@ static void test_seal_round_trip(void **state)
     uint8_t blob[256], back[256];
     size_t blen, plen;
 
-    assert_int_equal(seal_seal(&f->key, "site-b", (const uint8_t *)secret, strlen(secret), blob,
-                               sizeof(blob), &blen),
+    assert_int_equal(seal_seal(&f->key, AAD("site-b"), (const uint8_t *)secret, strlen(secret),
+                               blob, sizeof(blob), &blen),
                      0);
     assert_int_equal(blen, seal_sealed_len(strlen(secret)));
     assert_false(testutil_memmem(blob, blen, secret, strlen(secret)));
-    assert_int_equal(seal_open(&f->key, "site-b", blob, blen, back, sizeof(back), &plen), 0);
+    assert_int_equal(seal_open(&f->key, AAD("site-b"), blob, blen, back, sizeof(back), &plen), 0);
     assert_int_equal(plen, strlen(secret));
     assert_memory_equal(back, secret, plen);
 }
@@ -134,8 +140,10 @@ static void test_seal_fresh_nonce_each_time(void **state)
     uint8_t a[64], b[64];
     size_t alen, blen;
 
-    assert_int_equal(seal_seal(&f->key, "x", (const uint8_t *)"pw", 2, a, sizeof(a), &alen), 0);
-    assert_int_equal(seal_seal(&f->key, "x", (const uint8_t *)"pw", 2, b, sizeof(b), &blen), 0);
+    assert_int_equal(seal_seal(&f->key, AAD("x"), (const uint8_t *)"pw", 2, a, sizeof(a), &alen),
+                     0);
+    assert_int_equal(seal_seal(&f->key, AAD("x"), (const uint8_t *)"pw", 2, b, sizeof(b), &blen),
+                     0);
     assert_int_equal(alen, blen);
     assert_memory_not_equal(a, b, alen);
 }
@@ -146,9 +154,9 @@ static void test_seal_empty_plaintext(void **state)
     uint8_t blob[SEAL_OVERHEAD], back[1];
     size_t blen, plen = 99;
 
-    assert_int_equal(seal_seal(&f->key, "x", NULL, 0, blob, sizeof(blob), &blen), 0);
+    assert_int_equal(seal_seal(&f->key, AAD("x"), NULL, 0, blob, sizeof(blob), &blen), 0);
     assert_int_equal(blen, SEAL_OVERHEAD);
-    assert_int_equal(seal_open(&f->key, "x", blob, blen, back, sizeof(back), &plen), 0);
+    assert_int_equal(seal_open(&f->key, AAD("x"), blob, blen, back, sizeof(back), &plen), 0);
     assert_int_equal(plen, 0);
 }
 
@@ -159,16 +167,17 @@ static void test_seal_tamper_every_byte(void **state)
     size_t blen, plen;
 
     assert_int_equal(
-        seal_seal(&f->key, "primary", (const uint8_t *)"s3cret", 6, blob, sizeof(blob), &blen), 0);
+        seal_seal(&f->key, AAD("primary"), (const uint8_t *)"s3cret", 6, blob, sizeof(blob), &blen),
+        0);
     for (size_t i = 0; i < blen; i++) {
         memcpy(copy, blob, blen);
         copy[i] ^= 0x01;
-        assert_int_equal(seal_open(&f->key, "primary", copy, blen, back, sizeof(back), &plen),
+        assert_int_equal(seal_open(&f->key, AAD("primary"), copy, blen, back, sizeof(back), &plen),
                          ERROR_TAMPERED);
     }
     /* Truncated blobs, including shorter than the overhead. */
     for (size_t n = 0; n < blen; n++)
-        assert_int_equal(seal_open(&f->key, "primary", blob, n, back, sizeof(back), &plen),
+        assert_int_equal(seal_open(&f->key, AAD("primary"), blob, n, back, sizeof(back), &plen),
                          ERROR_TAMPERED);
 }
 
@@ -179,9 +188,149 @@ static void test_seal_bound_to_instance(void **state)
     size_t blen, plen;
 
     assert_int_equal(
-        seal_seal(&f->key, "site-a", (const uint8_t *)"pw", 2, blob, sizeof(blob), &blen), 0);
-    assert_int_equal(seal_open(&f->key, "site-b", blob, blen, back, sizeof(back), &plen),
+        seal_seal(&f->key, AAD("site-a"), (const uint8_t *)"pw", 2, blob, sizeof(blob), &blen), 0);
+    assert_int_equal(seal_open(&f->key, AAD("site-b"), blob, blen, back, sizeof(back), &plen),
                      ERROR_TAMPERED);
+}
+
+/* The store's associated data: "smtpsync-secret-v1" NUL instance NUL id. */
+static size_t store_aad(uint8_t *buf, const char *instance, uint8_t id_byte)
+{
+    static const char prefix[] = "smtpsync-secret-v1";
+    size_t n = 0;
+
+    memcpy(buf, prefix, sizeof(prefix)); /* with its NUL */
+    n += sizeof(prefix);
+    memcpy(buf + n, instance, strlen(instance) + 1);
+    n += strlen(instance) + 1;
+    memset(buf + n, id_byte, 16);
+    return n + 16;
+}
+
+/* Same instance, another secret id: an older revision's blob put in place
+ * of the current one does not open. */
+static void test_seal_bound_to_secret_id(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t aad1[128], aad2[128], blob[64], back[64];
+    size_t n1 = store_aad(aad1, "site-a", 0x11), n2 = store_aad(aad2, "site-a", 0x22);
+    size_t blen, plen;
+
+    assert_int_equal(
+        seal_seal(&f->key, aad1, n1, (const uint8_t *)"pw", 2, blob, sizeof(blob), &blen), 0);
+    assert_int_equal(seal_open(&f->key, aad1, n1, blob, blen, back, sizeof(back), &plen), 0);
+    assert_int_equal(seal_open(&f->key, aad2, n2, blob, blen, back, sizeof(back), &plen),
+                     ERROR_TAMPERED);
+    /* The bytes after an embedded NUL count too. */
+    aad1[n1 - 1] ^= 0x01;
+    assert_int_equal(seal_open(&f->key, aad1, n1, blob, blen, back, sizeof(back), &plen),
+                     ERROR_TAMPERED);
+    assert_int_equal(seal_open(&f->key, NULL, 0, blob, blen, back, sizeof(back), &plen),
+                     ERROR_TAMPERED);
+}
+
+static void test_seal_key_check_value(void **state)
+{
+    struct fixture *f = *state;
+    /* openssl dgst -sha256 -mac HMAC -macopt hexkey:000102...1f of
+     * "smtpsync key check v1", first 16 bytes. */
+    static const uint8_t want[SEAL_CHECK_LEN] = {0x1c, 0xb2, 0xa0, 0x27, 0x68, 0xd6, 0x03, 0x75,
+                                                 0x52, 0xa8, 0xdc, 0xa9, 0xb5, 0xa1, 0x40, 0x75};
+    struct seal_key k;
+    uint8_t a[SEAL_CHECK_LEN], b[SEAL_CHECK_LEN];
+
+    for (size_t i = 0; i < SEAL_KEY_LEN; i++)
+        k.bytes[i] = (uint8_t)i;
+    assert_int_equal(seal_key_check(&k, a), 0);
+    assert_memory_equal(a, want, SEAL_CHECK_LEN);
+    assert_int_equal(seal_key_check(&f->key, b), 0);
+    assert_memory_not_equal(a, b, SEAL_CHECK_LEN);
+    assert_false(testutil_memmem(f->key.bytes, SEAL_KEY_LEN, b, 8));
+    seal_key_wipe(&k);
+}
+
+/* A FIFO at the key path would block a plain open() until a writer came. */
+static void test_seal_key_fifo_refused(void **state)
+{
+    struct fixture *f = *state;
+    struct seal_key k;
+    char path[4200];
+
+    snprintf(path, sizeof(path), "%s/fifo.key", f->dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    alarm(10); /* a hang fails the test instead of stalling the suite */
+    assert_int_equal(seal_key_load(path, true, &k), ERROR_KEYFILE);
+    assert_int_equal(seal_key_load(path, false, &k), ERROR_KEYFILE);
+    alarm(0);
+}
+
+/* Creation leaves the key and nothing else: no temporary file behind. */
+static void test_seal_key_create_leaves_no_temporary(void **state)
+{
+    struct fixture *f = *state;
+    struct dirent *e;
+    int entries = 0;
+    DIR *d = opendir(f->dir);
+
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        assert_string_equal(e->d_name, "node.key");
+        entries++;
+    }
+    closedir(d);
+    assert_int_equal(entries, 1);
+}
+
+#define RACERS 8
+#define RACES  20
+
+/* Processes racing to create the same key all end up with one key: none
+ * reads a file another is still writing. */
+static void test_seal_key_create_race(void **state)
+{
+    struct fixture *f = *state;
+
+    for (int race = 0; race < RACES; race++) {
+        struct seal_key first, got;
+        char path[4200];
+        int fds[RACERS][2];
+        pid_t pids[RACERS];
+
+        snprintf(path, sizeof(path), "%s/race-%d.key", f->dir, race);
+        for (int i = 0; i < RACERS; i++) {
+            assert_int_equal(pipe(fds[i]), 0);
+            pids[i] = fork();
+            assert_true(pids[i] >= 0);
+            if (pids[i] == 0) {
+                struct seal_key k;
+                int rc = seal_key_load(path, true, &k);
+
+                if (rc != 0)
+                    memset(k.bytes, 0, sizeof(k.bytes));
+                _exit(write(fds[i][1], k.bytes, SEAL_KEY_LEN) == SEAL_KEY_LEN && rc == 0 ? 0 : 1);
+            }
+            close(fds[i][1]);
+        }
+        for (int i = 0; i < RACERS; i++) {
+            int status;
+
+            assert_int_equal(read(fds[i][0], got.bytes, SEAL_KEY_LEN), SEAL_KEY_LEN);
+            close(fds[i][0]);
+            assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+            assert_true(WIFEXITED(status));
+            assert_int_equal(WEXITSTATUS(status), 0);
+            if (i == 0)
+                first = got;
+            else
+                assert_memory_equal(got.bytes, first.bytes, SEAL_KEY_LEN);
+        }
+        assert_int_equal(seal_key_load(path, false, &got), 0);
+        assert_memory_equal(got.bytes, first.bytes, SEAL_KEY_LEN);
+        seal_key_wipe(&got);
+        seal_key_wipe(&first);
+    }
 }
 
 static void test_seal_other_key_refused(void **state)
@@ -195,9 +344,10 @@ static void test_seal_other_key_refused(void **state)
     snprintf(path, sizeof(path), "%s/other.key", f->dir);
     assert_int_equal(seal_key_load(path, true, &other), 0);
     assert_memory_not_equal(other.bytes, f->key.bytes, SEAL_KEY_LEN);
-    assert_int_equal(seal_seal(&f->key, "x", (const uint8_t *)"pw", 2, blob, sizeof(blob), &blen),
-                     0);
-    assert_int_equal(seal_open(&other, "x", blob, blen, back, sizeof(back), &plen), ERROR_TAMPERED);
+    assert_int_equal(
+        seal_seal(&f->key, AAD("x"), (const uint8_t *)"pw", 2, blob, sizeof(blob), &blen), 0);
+    assert_int_equal(seal_open(&other, AAD("x"), blob, blen, back, sizeof(back), &plen),
+                     ERROR_TAMPERED);
     seal_key_wipe(&other);
 }
 
@@ -208,10 +358,11 @@ static void test_seal_buffer_too_small(void **state)
     size_t blen, plen;
 
     assert_int_equal(
-        seal_seal(&f->key, "x", (const uint8_t *)"pw", 2, blob, SEAL_OVERHEAD + 1, &blen), -ENOSPC);
-    assert_int_equal(seal_seal(&f->key, "x", (const uint8_t *)"pwd", 3, blob, sizeof(blob), &blen),
-                     0);
-    assert_int_equal(seal_open(&f->key, "x", blob, blen, back, sizeof(back), &plen), -ENOSPC);
+        seal_seal(&f->key, AAD("x"), (const uint8_t *)"pw", 2, blob, SEAL_OVERHEAD + 1, &blen),
+        -ENOSPC);
+    assert_int_equal(
+        seal_seal(&f->key, AAD("x"), (const uint8_t *)"pwd", 3, blob, sizeof(blob), &blen), 0);
+    assert_int_equal(seal_open(&f->key, AAD("x"), blob, blen, back, sizeof(back), &plen), -ENOSPC);
 }
 
 int main(void)
@@ -225,7 +376,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_seal_empty_plaintext, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_tamper_every_byte, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_bound_to_instance, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seal_bound_to_secret_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_other_key_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seal_key_check_value, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seal_key_fifo_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seal_key_create_leaves_no_temporary, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seal_key_create_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_buffer_too_small, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -423,6 +423,23 @@ static struct vcase cases[] = {
      .setup = setup_empty_pem,
      .expect = {"trust_certificate"}},
     {.name = "cert_checked_with_smtps_off", .cert = "expired.pem", .expect = {"trust_certificate"}},
+    /* Fallback relays must be in the certificate too when SMTPS is on. */
+    {.name = "smtps_relays_in_leaf",
+     .sets = {TLS_ON, "fallback_relays", "a.wild.test:465, 127.0.0.1, [::1]:25"},
+     .cert = "leaf.pem"},
+    {.name = "smtps_relay_not_in_leaf",
+     .sets = {TLS_ON, "fallback_relays", "a.wild.test, relay.example:465"},
+     .cert = "leaf.pem",
+     .expect = {"fallback_relays"}},
+    {.name = "smtps_relay_in_chain_leaf",
+     .sets = {TLS_ON, "fallback_relays", "b.wild.test"},
+     .cert = "chain.pem"},
+    {.name = "smtps_relay_with_ca_only",
+     .sets = {TLS_ON, "hostname", "anything.example", "fallback_relays", "relay.example"},
+     .cert = "ca.pem"},
+    {.name = "relay_not_in_leaf_smtps_off",
+     .sets = {"fallback_relays", "relay.example"},
+     .cert = "leaf.pem"},
     /* Fields that SMTPS off makes irrelevant are kept and not reported. */
     {.name = "tls_mode_kept_with_smtps_off",
      .sets = {"tls_mode", "strict", "starttls_fallback", "on"}},
@@ -548,6 +565,13 @@ static void test_settings_validate_messages_explain(void **state)
     memset(&p, 0, sizeof(p));
     validate_one("from_address", "noreply.mail.test", NULL, &p);
     assert_message(&p, "from_address", "no \"@\"");
+
+    /* The relay that the certificate does not name is named. */
+    memset(&p, 0, sizeof(p));
+    validate_one("fallback_relays", "mail.test, relay.example", "leaf.pem", &p);
+    assert_int_equal(p.count, 1);
+    assert_message(&p, "fallback_relays", "entry 2: \"relay.example\" is not in the certificate");
+    assert_message(&p, "fallback_relays", "*.wild.test");
 }
 
 static void test_settings_validate_reports_every_problem(void **state)
@@ -1080,10 +1104,11 @@ static void test_settings_field_lookup(void **state)
     assert_int_equal(settings_field_lookup("from-address"), SETTINGS_F_FROM_ADDRESS);
     assert_int_equal(settings_field_lookup("timeout-data-term"), SETTINGS_F_TIMEOUT_DATA_TERM);
     assert_int_equal(settings_field_lookup("trust_certificate"), SETTINGS_F_TRUST_CERTIFICATE);
-    assert_int_equal(settings_field_lookup("bogus"), -1);
-    assert_int_equal(settings_field_lookup(""), -1);
-    assert_int_equal(settings_field_lookup("hostname2"), -1);
-    assert_int_equal(settings_field_lookup(NULL), -1);
+    assert_int_equal(settings_field_lookup("bogus"), ERROR_NOT_FOUND);
+    assert_int_equal(settings_field_lookup(""), ERROR_NOT_FOUND);
+    assert_int_equal(settings_field_lookup("hostname2"), ERROR_NOT_FOUND);
+    assert_int_equal(settings_field_lookup(NULL), ERROR_NOT_FOUND);
+    assert_int_equal(settings_field_lookup(repeat('a', 100)), ERROR_NOT_FOUND);
     assert_string_equal(settings_field_name(SETTINGS_F_TEST_ADDRESS), "test_address");
 }
 
@@ -1219,6 +1244,49 @@ static void test_settings_pem_refuses_with_reason(void **state)
     free(leaf);
 }
 
+/* pem_names() lists each name once, by whole entries, and reads nothing
+ * beyond the list it appends to. */
+static void test_settings_pem_names(void **state)
+{
+    STACK_OF(X509) *certs = NULL;
+    char why[256], buf[160], *pem, *full;
+    size_t len;
+    X509 *leaf;
+
+    (void)state;
+    pem = testutil_read_file(testutil_cert_path("leaf.pem"), &len);
+    assert_int_equal(pem_read_certs(pem, len, &certs, why, sizeof(why)), 0);
+    leaf = sk_X509_value(certs, 0);
+
+    buf[0] = '\0';
+    pem_names(leaf, buf, sizeof(buf));
+    assert_string_equal(buf, "mail.test, *.wild.test, 127.0.0.1, ::1");
+    /* Again: nothing is added twice. */
+    pem_names(leaf, buf, sizeof(buf));
+    assert_string_equal(buf, "mail.test, *.wild.test, 127.0.0.1, ::1");
+    /* A longer name holding a shorter one does not hide it. */
+    snprintf(buf, sizeof(buf), "xmail.test, mail.testy");
+    pem_names(leaf, buf, sizeof(buf));
+    assert_string_equal(buf, "xmail.test, mail.testy, mail.test, *.wild.test, 127.0.0.1, ::1");
+
+    /* A buffer without a NUL inside its length is left alone, unread past
+     * its end (ASan checks the heap block is exactly that long). */
+    full = malloc(16);
+    assert_non_null(full);
+    memset(full, 'm', 16);
+    pem_names(leaf, full, 16);
+    for (size_t i = 0; i < 16; i++)
+        assert_int_equal(full[i], 'm');
+    free(full);
+
+    /* Too small for anything: still a string. */
+    buf[0] = '\0';
+    pem_names(leaf, buf, 3);
+    assert_true(strlen(buf) < 3);
+    sk_X509_pop_free(certs, X509_free);
+    free(pem);
+}
+
 int main(void)
 {
     static const struct CMUnitTest fixed[] = {
@@ -1245,6 +1313,7 @@ int main(void)
         cmocka_unit_test(test_settings_problems_bounded),
         cmocka_unit_test(test_settings_pem_reads_bundles),
         cmocka_unit_test(test_settings_pem_refuses_with_reason),
+        cmocka_unit_test(test_settings_pem_names),
     };
     enum { NCASES = sizeof(cases) / sizeof(cases[0]), NFIXED = sizeof(fixed) / sizeof(fixed[0]) };
     /* One named test per table case: test_settings_validate_<case>. */

@@ -223,6 +223,118 @@ static void test_settings_pb_refuses_nul_in_password(void **state)
     settings_clear(&out);
 }
 
+static bool has_field(const struct settings_problems *p, const char *field)
+{
+    for (size_t i = 0; i < p->count; i++)
+        if (strcmp(p->items[i].field, field) == 0)
+            return true;
+    return false;
+}
+
+/* What the setters refuse, decoding refuses too: control characters in
+ * every string, a bad instance id, out-of-range ports and timeouts. */
+static void test_settings_pb_refuses_what_setters_refuse(void **state)
+{
+    Smtpsync__Settings m;
+    Smtpsync__Timeouts t;
+    Smtpsync__Relay r1, r2, *relays[2] = {&r1, &r2};
+    struct settings_problems p = {0};
+    struct settings out;
+    static const char *const want[] = {
+        "instance",        "hostname",          "port",
+        "from_address",    "user_id",           "test_address",
+        "timeout_connect", "timeout_data_term", "fallback_relays",
+    };
+
+    (void)state;
+    smtpsync__settings__init(&m);
+    smtpsync__timeouts__init(&t);
+    smtpsync__relay__init(&r1);
+    smtpsync__relay__init(&r2);
+    m.instance = "-not-an-id";
+    m.hostname = "mail.test\r\nRCPT TO:<x@y>";
+    m.port = 70000;
+    m.from_address = "a@b.test\n";
+    m.user_id = "user\tname";
+    m.test_address = "\x1b[31mops@example.com";
+    t.connect = SETTINGS_TIMEOUT_MAX + 1;
+    t.data_term = 0xffffffffu;
+    t.greeting = SETTINGS_TIMEOUT_MAX; /* at the limit: fine */
+    m.timeouts = &t;
+    r1.hostname = "relay.test\n";
+    r2.hostname = "relay2.test";
+    r2.port = 65536;
+    m.fallback_relays = relays;
+    m.n_fallback_relays = 2;
+
+    settings_init(&out);
+    assert_int_equal(settings_pb_decode(&out, &m, &p), ERROR_DECODE);
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (!has_field(&p, want[i]))
+            fail_msg("no problem for %s", want[i]);
+    /* Each relay is reported, the port one by its entry number. */
+    {
+        int relay_problems = 0;
+        for (size_t i = 0; i < p.count; i++)
+            relay_problems += strcmp(p.items[i].field, "fallback_relays") == 0;
+        assert_int_equal(relay_problems, 2);
+    }
+    assert_false(has_field(&p, "timeout_greeting"));
+    assert_string_equal(out.instance, "");
+    assert_int_equal(out.nrelays, 0);
+
+    /* A record must name its instance. */
+    smtpsync__settings__init(&m);
+    memset(&p, 0, sizeof(p));
+    assert_int_equal(settings_pb_decode(&out, &m, &p), ERROR_DECODE);
+    assert_int_equal(p.count, 1);
+    assert_string_equal(p.items[0].field, "instance");
+    settings_clear(&out);
+}
+
+/* A view is built only of a record it can represent faithfully. */
+static void test_settings_pb_view_refuses_unrepresentable(void **state)
+{
+    struct settings a;
+    struct settings_pb v;
+
+    (void)state;
+    fill(&a);
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), 0);
+
+    a.nrelays = SETTINGS_RELAYS_MAX + 1;
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), ERROR_INVALID);
+    a.nrelays = 2;
+
+    a.tls_mode = (enum settings_tls_mode)7;
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), ERROR_INVALID);
+    a.tls_mode = SETTINGS_TLS_STRICT;
+
+    /* Unterminated fixed strings: protobuf-c would read past the array. */
+    memset(a.hostname, 'h', sizeof(a.hostname));
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), ERROR_INVALID);
+    strcpy(a.hostname, "mail.test");
+    memset(a.instance, 'i', sizeof(a.instance));
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), ERROR_INVALID);
+    strcpy(a.instance, "site-b");
+    memset(a.user_id, 'u', sizeof(a.user_id));
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), ERROR_INVALID);
+    strcpy(a.user_id, "am-mailer");
+    memset(a.from_address, 'f', sizeof(a.from_address));
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), ERROR_INVALID);
+    strcpy(a.from_address, "am@example.com");
+    memset(a.test_address, 't', sizeof(a.test_address));
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), ERROR_INVALID);
+    strcpy(a.test_address, "ops@example.com");
+    memset(a.relays[1].hostname, 'r', sizeof(a.relays[1].hostname));
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), ERROR_INVALID);
+    /* Relays beyond nrelays are not part of the record. */
+    a.nrelays = 1;
+    memset(a.relays[2].hostname, 'r', sizeof(a.relays[2].hostname));
+    assert_int_equal(settings_pb_view(&v, &a, SETTINGS_PB_SECRET_ID), 0);
+    settings_clear(&a);
+}
+
 /* Truncated and garbage bytes never decode into a record. */
 static void test_settings_pb_garbage_bytes(void **state)
 {
@@ -262,6 +374,8 @@ int main(void)
         cmocka_unit_test(test_settings_pb_empty_record_encodes_small),
         cmocka_unit_test(test_settings_pb_refuses_oversized_fields),
         cmocka_unit_test(test_settings_pb_refuses_nul_in_password),
+        cmocka_unit_test(test_settings_pb_refuses_what_setters_refuse),
+        cmocka_unit_test(test_settings_pb_view_refuses_unrepresentable),
         cmocka_unit_test(test_settings_pb_garbage_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,10 +10,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <dirent.h>
 #include <lmdb.h>
 #include <openssl/evp.h>
 
 #include "error.h"
+#include "seal.h"
 #include "settings.h"
 #include "smtpsync.pb-c.h"
 #include "store.h"
@@ -34,6 +36,7 @@ static int setup(void **state)
     assert_non_null(f);
     f->dir = testutil_tmpdir();
     p.dir = f->dir;
+    p.create = true;
     assert_int_equal(store_open(&p, &f->st), 0);
     *state = f;
     return 0;
@@ -148,6 +151,78 @@ static MDB_val rev_key(uint64_t rev, uint8_t buf[8])
     return (MDB_val){.mv_size = 8, .mv_data = buf};
 }
 
+/* Rewrites the Settings record under `key` in database `db` through `edit`,
+ * behind the store's back. The store must be closed. */
+static void raw_edit_record(const char *dir, const char *db, const char *key,
+                            void (*edit)(Smtpsync__Settings *m, void *arg), void *arg)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_val k = {.mv_size = strlen(key), .mv_data = (void *)(uintptr_t)key}, val;
+    Smtpsync__Settings *m;
+    uint8_t *buf;
+
+    raw_open(dir, db, &env, &txn, &dbi);
+    assert_int_equal(mdb_get(txn, dbi, &k, &val), 0);
+    m = smtpsync__settings__unpack(NULL, val.mv_size, val.mv_data);
+    assert_non_null(m);
+    edit(m, arg);
+    val.mv_size = smtpsync__settings__get_packed_size(m);
+    buf = malloc(val.mv_size);
+    assert_non_null(buf);
+    smtpsync__settings__pack(m, buf);
+    val.mv_data = buf;
+    assert_int_equal(mdb_put(txn, dbi, &k, &val, 0), 0);
+    smtpsync__settings__free_unpacked(m, NULL);
+    free(buf);
+    raw_commit(env, txn);
+}
+
+/* Puts raw bytes under `key` in database `db`. The store must be closed. */
+static void raw_put(const char *dir, const char *db, MDB_val key, const void *data, size_t len)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_val val = {.mv_size = len, .mv_data = (void *)(uintptr_t)data};
+
+    raw_open(dir, db, &env, &txn, &dbi);
+    assert_int_equal(mdb_put(txn, dbi, &key, &val, 0), 0);
+    raw_commit(env, txn);
+}
+
+/* The meta record, unpacked (free with smtpsync__store_meta__free_unpacked). */
+static Smtpsync__StoreMeta *raw_meta(const char *dir)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_val k = {.mv_size = 5, .mv_data = "state"}, val;
+    Smtpsync__StoreMeta *m;
+
+    raw_open(dir, "meta", &env, &txn, &dbi);
+    assert_int_equal(mdb_get(txn, dbi, &k, &val), 0);
+    m = smtpsync__store_meta__unpack(NULL, val.mv_size, val.mv_data);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    assert_non_null(m);
+    return m;
+}
+
+static int dir_entries(const char *path)
+{
+    struct dirent *e;
+    int n = 0;
+    DIR *d = opendir(path);
+
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
 /* ------------------------------------------------------------------------ */
 
 static void test_store_open_creates_and_reopens(void **state)
@@ -175,6 +250,7 @@ static void test_store_open_creates_and_reopens(void **state)
     /* A missing data directory is created, private. */
     snprintf(path, sizeof(path), "%s/sub", f->dir);
     p.dir = path;
+    p.create = true;
     assert_int_equal(store_open(&p, &st), 0);
     store_close(st);
     assert_int_equal(stat(path, &sb), 0);
@@ -943,6 +1019,7 @@ static void test_store_map_grows(void **state)
     snprintf(dir, sizeof(dir), "%s/tiny", f->dir);
     p.dir = dir;
     p.map_size = 64 * 1024;
+    p.create = true;
     assert_int_equal(store_open(&p, &st), 0);
     for (int i = 0; i < 12; i++) {
         char id[32];
@@ -964,6 +1041,7 @@ static void test_store_map_grows(void **state)
     assert_true(sb.st_size > 2 * 1024 * 1024);
 
     /* Another open with the tiny map adopts the grown one. */
+    p.create = false;
     assert_int_equal(store_open(&p, &st), 0);
     assert_int_equal(store_get(st, "site-07", 0, STORE_UNSEAL, &out), 0);
     assert_string_equal(out.trust_certificate, pem);
@@ -1062,11 +1140,14 @@ static void test_store_secret_bound_to_instance(void **state)
 
     reopen(f);
     assert_int_equal(store_draft_get(f->st, "site-b", STORE_UNSEAL, &out), ERROR_TAMPERED);
-    /* Nor can it be saved. */
+    /* Nor can it be saved: a problem says which instance's password. */
     {
         struct store_commit c = {.actor = "x"};
+        struct settings_problems problems = {0};
         const char *names[] = {"site-b"};
-        assert_int_equal(store_save(f->st, names, 1, &c, NULL, NULL), ERROR_TAMPERED);
+        assert_int_equal(store_save(f->st, names, 1, &c, &problems, NULL), ERROR_INVALID);
+        assert_true(has_problem(&problems, "site-b.password"));
+        assert_int_equal(head(f->st), 0);
     }
     settings_clear(&out);
 }
@@ -1100,6 +1181,461 @@ static void test_store_no_plaintext_on_disk(void **state)
     assert_false(testutil_memmem(data, len, SECRET_TEXT, strlen(SECRET_TEXT)));
     free(data);
     reopen(f);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Key file rules (store.h, store_open). */
+
+static void test_store_open_missing_store_without_create(void **state)
+{
+    struct fixture *f = *state;
+    struct store_params p = {0};
+    struct store *st = NULL;
+    struct stat sb;
+    char path[4096];
+
+    /* A missing directory is not made. */
+    snprintf(path, sizeof(path), "%s/absent", f->dir);
+    p.dir = path;
+    assert_int_equal(store_open(&p, &st), ERROR_NOT_FOUND);
+    assert_null(st);
+    assert_int_not_equal(stat(path, &sb), 0);
+
+    /* An empty directory stays empty: no key, no data file. */
+    snprintf(path, sizeof(path), "%s/empty", f->dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    assert_int_equal(store_open(&p, &st), ERROR_NOT_FOUND);
+    assert_int_equal(dir_entries(path), 0);
+
+    /* With create, the same directory becomes a store. */
+    p.create = true;
+    assert_int_equal(store_open(&p, &st), 0);
+    store_close(st);
+    p.create = false;
+    assert_int_equal(store_open(&p, &st), 0);
+    store_close(st);
+}
+
+static void test_store_open_never_creates_key_of_existing_store(void **state)
+{
+    struct fixture *f = *state;
+    struct store_params p = {.dir = f->dir};
+    struct store *st = NULL;
+    struct stat sb;
+    char path[4096], other[4200];
+
+    save_one(f->st, "site-a", "a.example.com", 25, SECRET_TEXT);
+    store_close(f->st);
+    f->st = NULL;
+    snprintf(path, sizeof(path), "%s/node.key", f->dir);
+    snprintf(other, sizeof(other), "%s/moved.key", f->dir);
+    assert_int_equal(rename(path, other), 0);
+
+    assert_int_equal(store_open(&p, &st), ERROR_KEYFILE);
+    /* Not even when creating is allowed: the store exists. */
+    p.create = true;
+    assert_int_equal(store_open(&p, &st), ERROR_KEYFILE);
+    assert_null(st);
+    assert_int_not_equal(stat(path, &sb), 0);
+
+    /* The key given by its path opens the store. */
+    p.key_file = other;
+    p.create = false;
+    assert_int_equal(store_open(&p, &f->st), 0);
+}
+
+static void test_store_open_refuses_other_key(void **state)
+{
+    struct fixture *f = *state;
+    struct store_params p = {.dir = f->dir};
+    struct seal_key key, other;
+    uint8_t check[SEAL_CHECK_LEN];
+    Smtpsync__StoreMeta *m;
+    struct store *st = NULL;
+    char path[4096];
+
+    store_close(f->st);
+    f->st = NULL;
+    /* The store keeps the check value of the key it was made with. */
+    snprintf(path, sizeof(path), "%s/node.key", f->dir);
+    assert_int_equal(seal_key_load(path, false, &key), 0);
+    assert_int_equal(seal_key_check(&key, check), 0);
+    m = raw_meta(f->dir);
+    assert_int_equal(m->key_check.len, SEAL_CHECK_LEN);
+    assert_memory_equal(m->key_check.data, check, SEAL_CHECK_LEN);
+    smtpsync__store_meta__free_unpacked(m, NULL);
+
+    /* A valid key file, but not this store's: refused, even with create. */
+    snprintf(path, sizeof(path), "%s/other.key", f->dir);
+    assert_int_equal(seal_key_load(path, true, &other), 0);
+    p.key_file = path;
+    assert_int_equal(store_open(&p, &st), ERROR_KEYFILE);
+    p.create = true;
+    assert_int_equal(store_open(&p, &st), ERROR_KEYFILE);
+    assert_null(st);
+    seal_key_wipe(&key);
+    seal_key_wipe(&other);
+    reopen(f);
+}
+
+/* A meta without a key check value is refused, not adopted. */
+static void test_store_open_meta_without_key_check(void **state)
+{
+    struct fixture *f = *state;
+    struct store_params p = {.dir = f->dir};
+    Smtpsync__StoreMeta *m;
+    struct store *st = NULL;
+    ProtobufCBinaryData saved;
+    uint8_t *buf;
+    size_t len;
+
+    store_close(f->st);
+    f->st = NULL;
+    m = raw_meta(f->dir);
+    saved = m->key_check;
+    m->key_check = (ProtobufCBinaryData){0};
+    len = smtpsync__store_meta__get_packed_size(m);
+    buf = malloc(len);
+    assert_non_null(buf);
+    smtpsync__store_meta__pack(m, buf);
+    m->key_check = saved;
+    smtpsync__store_meta__free_unpacked(m, NULL);
+    raw_put(f->dir, "meta", (MDB_val){.mv_size = 5, .mv_data = "state"}, buf, len);
+    free(buf);
+    assert_int_equal(store_open(&p, &st), ERROR_CORRUPT);
+    assert_null(st);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Secrets bound to their id; drafts that do not read back. */
+
+struct blob {
+    uint8_t data[256];
+    size_t len;
+};
+
+static void take_sealed(Smtpsync__Settings *m, void *arg)
+{
+    struct blob *b = arg;
+
+    assert_non_null(m->password);
+    assert_true(m->password->sealed.len <= sizeof(b->data));
+    memcpy(b->data, m->password->sealed.data, m->password->sealed.len);
+    b->len = m->password->sealed.len;
+}
+
+/* Replaces the sealed blob, keeping the record's secret id. */
+static void put_sealed(Smtpsync__Settings *m, void *arg)
+{
+    struct blob *b = arg;
+
+    assert_non_null(m->password);
+    free(m->password->sealed.data);
+    m->password->sealed.data = malloc(b->len);
+    assert_non_null(m->password->sealed.data);
+    memcpy(m->password->sealed.data, b->data, b->len);
+    m->password->sealed.len = b->len;
+}
+
+/* The sealed blob of the (only) change of history row `rev`. */
+static void history_blob(const char *dir, uint64_t rev, struct blob *b)
+{
+    Smtpsync__Revision *r;
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    uint8_t kb[8];
+    MDB_val key = rev_key(rev, kb), val;
+
+    raw_open(dir, "history", &env, &txn, &dbi);
+    assert_int_equal(mdb_get(txn, dbi, &key, &val), 0);
+    r = smtpsync__revision__unpack(NULL, val.mv_size, val.mv_data);
+    assert_non_null(r);
+    take_sealed(r->changes[0]->settings, b);
+    smtpsync__revision__free_unpacked(r, NULL);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+}
+
+/* Copies the sealed blob of history row `from` into history row `to`. */
+static void swap_history_blob(const char *dir, uint64_t from, uint64_t to)
+{
+    Smtpsync__Revision *a, *b;
+    ProtobufCBinaryData saved;
+    uint8_t ka[8], kb2[8], *buf;
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_val key_a = rev_key(from, ka), key_b = rev_key(to, kb2), va, vb;
+
+    raw_open(dir, "history", &env, &txn, &dbi);
+    assert_int_equal(mdb_get(txn, dbi, &key_a, &va), 0);
+    a = smtpsync__revision__unpack(NULL, va.mv_size, va.mv_data);
+    assert_int_equal(mdb_get(txn, dbi, &key_b, &vb), 0);
+    b = smtpsync__revision__unpack(NULL, vb.mv_size, vb.mv_data);
+    assert_non_null(a);
+    assert_non_null(b);
+    saved = b->changes[0]->settings->password->sealed;
+    b->changes[0]->settings->password->sealed = a->changes[0]->settings->password->sealed;
+    vb.mv_size = smtpsync__revision__get_packed_size(b);
+    buf = malloc(vb.mv_size);
+    assert_non_null(buf);
+    smtpsync__revision__pack(b, buf);
+    vb.mv_data = buf;
+    assert_int_equal(mdb_put(txn, dbi, &key_b, &vb, 0), 0);
+    b->changes[0]->settings->password->sealed = saved;
+    smtpsync__revision__free_unpacked(a, NULL);
+    smtpsync__revision__free_unpacked(b, NULL);
+    free(buf);
+    raw_commit(env, txn);
+}
+
+/* The reviewer's case: an older revision's sealed password put into the
+ * current revision (history row and current record, ids kept) leaves the
+ * chain intact, since it covers ids only; the binding to the id refuses it. */
+static void test_store_old_secret_swapped_in_refused(void **state)
+{
+    struct fixture *f = *state;
+    struct blob old = {0};
+    struct settings out;
+
+    settings_init(&out);
+    save_one(f->st, "site-a", "a.example.com", 25, "OLD-password");
+    save_one(f->st, "site-a", "a.example.com", 25, "NEW-password");
+    store_close(f->st);
+    f->st = NULL;
+
+    history_blob(f->dir, 1, &old);
+    swap_history_blob(f->dir, 1, 2);
+    raw_edit_record(f->dir, "settings", "site-a", put_sealed, &old);
+
+    reopen(f);
+    assert_int_equal(store_get(f->st, "site-a", 0, STORE_UNSEAL, &out), ERROR_TAMPERED);
+    assert_null(out.password);
+    assert_int_equal(store_get(f->st, "site-a", 1, STORE_UNSEAL, &out), 0);
+    assert_string_equal(out.password, "OLD-password");
+    {
+        int rc = store_verify(f->st);
+        assert_true(rc == ERROR_TAMPERED || rc == ERROR_CORRUPT);
+    }
+    settings_clear(&out);
+}
+
+static void flip_sealed_bit(Smtpsync__Settings *m, void *arg)
+{
+    (void)arg;
+    assert_non_null(m->password);
+    m->password->sealed.data[m->password->sealed.len - 1] ^= 0x01;
+}
+
+static void set_port_70000(Smtpsync__Settings *m, void *arg)
+{
+    (void)arg;
+    m->port = 70000;
+}
+
+/* A draft that cannot be read back is a problem naming its instance and
+ * field, not a bare error. */
+static void test_store_save_reports_unreadable_drafts(void **state)
+{
+    struct fixture *f = *state;
+    struct store_commit c = {.actor = "local:test"};
+    struct settings_problems problems = {0};
+    static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff};
+
+    put_draft(f->st, "site-a", "a.example.com", 25, SECRET_TEXT);
+    put_draft(f->st, "site-b", "b.example.com", 25, NULL);
+    put_draft(f->st, "site-c", "c.example.com", 25, NULL);
+    put_draft(f->st, "site-d", "d.example.com", 25, NULL);
+    store_close(f->st);
+    f->st = NULL;
+    raw_edit_record(f->dir, "drafts", "site-a", flip_sealed_bit, NULL);
+    raw_edit_record(f->dir, "drafts", "site-b", set_port_70000, NULL);
+    raw_put(f->dir, "drafts", (MDB_val){.mv_size = 6, .mv_data = "site-c"}, garbage,
+            sizeof(garbage));
+    reopen(f);
+
+    assert_int_equal(store_save(f->st, NULL, 0, &c, &problems, NULL), ERROR_INVALID);
+    assert_true(has_problem(&problems, "site-a.password"));
+    assert_true(has_problem(&problems, "site-b.port"));
+    assert_true(has_problem(&problems, "site-c"));
+    for (size_t i = 0; i < problems.count; i++)
+        assert_int_not_equal(strncmp(problems.items[i].field, "site-d", 6), 0);
+    assert_int_equal(head(f->st), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Commit text. */
+
+static void test_store_commit_refuses_control_characters(void **state)
+{
+    struct fixture *f = *state;
+    struct store_commit c = {.actor = "local:test\nrevision 99 by admin"};
+
+    save_one(f->st, "site-a", "a.example.com", 25, NULL);
+    put_draft(f->st, "site-a", "b.example.com", 25, NULL);
+    assert_int_equal(store_save(f->st, NULL, 0, &c, NULL, NULL), ERROR_INVALID);
+    c.actor = "local:test";
+    c.comment = "fix\x1b[2Jcleared";
+    assert_int_equal(store_save(f->st, NULL, 0, &c, NULL, NULL), ERROR_INVALID);
+    c.comment = "tab\there";
+    assert_int_equal(store_save(f->st, NULL, 0, &c, NULL, NULL), ERROR_INVALID);
+    assert_int_equal(store_rollback(f->st, 1, &c, NULL), ERROR_INVALID);
+    assert_int_equal(head(f->st), 1);
+    c.comment = "one line, UTF-8 \xc3\xa9 is fine";
+    assert_int_equal(store_save(f->st, NULL, 0, &c, NULL, NULL), 0);
+    assert_int_equal(head(f->st), 2);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The snapshot's digest. */
+
+static void rename_host(Smtpsync__Settings *m, void *arg)
+{
+    free(m->hostname);
+    m->hostname = strdup(arg);
+    assert_non_null(m->hostname);
+}
+
+static void compacted_store(struct fixture *f)
+{
+    char host[64];
+
+    for (int i = 1; i <= 6; i++) {
+        snprintf(host, sizeof(host), "h%d.example.com", i);
+        save_one(f->st, i % 2 ? "site-a" : "site-b", host, 25, i == 3 ? SECRET_TEXT : NULL);
+    }
+    assert_int_equal(store_compact(f->st, 2, NULL), 0); /* base 4 */
+}
+
+/* Recomputes meta's base_state_hash independently: SHA-256 of a packed
+ * Snapshot holding only the snapshot's records, secrets reduced to ids. */
+static void test_store_snapshot_digest_recomputed(void **state)
+{
+    struct fixture *f = *state;
+    Smtpsync__Settings *recs[8];
+    Smtpsync__Secret ids[8], *sealed[8] = {NULL};
+    Smtpsync__Snapshot snap;
+    Smtpsync__StoreMeta *meta;
+    uint8_t h[EVP_MAX_MD_SIZE], *buf;
+    unsigned int hlen = 0;
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_cursor *cur;
+    MDB_val key, val;
+    size_t n = 0, len;
+    int rc;
+
+    compacted_store(f);
+    store_close(f->st);
+    f->st = NULL;
+
+    raw_open(f->dir, "snapshot", &env, &txn, &dbi);
+    assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+    for (rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+        assert_true(n < 8);
+        recs[n] = smtpsync__settings__unpack(NULL, val.mv_size, val.mv_data);
+        assert_non_null(recs[n]);
+        n++;
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    assert_int_equal(n, 2);
+    /* At the base (4), site-a is h3, saved with a password. */
+    assert_non_null(recs[0]->password);
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i]->password == NULL)
+            continue;
+        sealed[i] = recs[i]->password;
+        smtpsync__secret__init(&ids[i]);
+        ids[i].id = sealed[i]->id;
+        recs[i]->password = &ids[i];
+    }
+    smtpsync__snapshot__init(&snap);
+    snap.records = recs;
+    snap.n_records = n;
+    len = smtpsync__snapshot__get_packed_size(&snap);
+    buf = malloc(len);
+    assert_non_null(buf);
+    smtpsync__snapshot__pack(&snap, buf);
+    assert_int_equal(EVP_Digest(buf, len, h, &hlen, EVP_sha256(), NULL), 1);
+    free(buf);
+
+    meta = raw_meta(f->dir);
+    assert_int_equal(meta->base_revision, 4);
+    assert_int_equal(meta->base_state_hash.len, STORE_HASH_LEN);
+    assert_int_equal(hlen, STORE_HASH_LEN);
+    assert_memory_equal(meta->base_state_hash.data, h, STORE_HASH_LEN);
+    smtpsync__store_meta__free_unpacked(meta, NULL);
+    for (size_t i = 0; i < n; i++) {
+        if (sealed[i] != NULL)
+            recs[i]->password = sealed[i];
+        smtpsync__settings__free_unpacked(recs[i], NULL);
+    }
+    reopen(f);
+}
+
+static void test_store_snapshot_tamper_detected(void **state)
+{
+    struct fixture *f = *state;
+    struct diffs *d = calloc(1, sizeof(*d));
+    struct settings out;
+
+    assert_non_null(d);
+    settings_init(&out);
+    compacted_store(f);
+    assert_int_equal(store_verify(f->st), 0);
+    assert_int_equal(store_get(f->st, "site-b", 4, 0, &out), 0);
+    assert_string_equal(out.hostname, "h4.example.com");
+    store_close(f->st);
+    f->st = NULL;
+
+    raw_edit_record(f->dir, "snapshot", "site-b", rename_host, "evil.example.com");
+    reopen(f);
+    assert_int_equal(store_verify(f->st), ERROR_CORRUPT);
+    assert_int_equal(store_get(f->st, "site-b", 4, 0, &out), ERROR_CORRUPT);
+    assert_int_equal(store_get(f->st, "site-a", 5, 0, &out), ERROR_CORRUPT);
+    assert_int_equal(store_diff(f->st, 4, 6, diff_cb, d), ERROR_CORRUPT);
+    /* Nor is the altered snapshot folded into a new one. */
+    assert_int_equal(store_compact(f->st, 1, NULL), ERROR_CORRUPT);
+    /* The head is read from the current records and still works. */
+    assert_int_equal(store_get(f->st, "site-b", 0, 0, &out), 0);
+    assert_string_equal(out.hostname, "h6.example.com");
+    settings_clear(&out);
+    free(d);
+}
+
+/* ------------------------------------------------------------------------ */
+/* History callbacks. */
+
+static void test_store_history_failure_makes_no_callback(void **state)
+{
+    struct fixture *f = *state;
+    struct history_rows *h = calloc(1, sizeof(*h));
+    static const uint8_t garbage[] = {0xff, 0xff, 0xff};
+    uint8_t kb[8];
+
+    assert_non_null(h);
+    for (int i = 1; i <= 4; i++) {
+        char host[64];
+        snprintf(host, sizeof(host), "h%d.example.com", i);
+        save_one(f->st, "site-a", host, 25, NULL);
+    }
+    store_close(f->st);
+    f->st = NULL;
+    /* The oldest row is damaged: the newer ones come first in the output,
+     * yet none may be handed out before the failure is known. */
+    raw_put(f->dir, "history", rev_key(1, kb), garbage, sizeof(garbage));
+    reopen(f);
+    assert_int_equal(store_history(f->st, 0, history_cb, h), ERROR_CORRUPT);
+    assert_int_equal(h->n, 0);
+    /* The newest three alone are fine. */
+    assert_int_equal(store_history(f->st, 3, history_cb, h), 0);
+    assert_int_equal(h->n, 3);
+    free(h);
 }
 
 static void test_store_local_actor(void **state)
@@ -1138,6 +1674,20 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_store_tampered_secret_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_secret_bound_to_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_no_plaintext_on_disk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_open_missing_store_without_create, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_store_open_never_creates_key_of_existing_store, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_store_open_refuses_other_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_open_meta_without_key_check, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_old_secret_swapped_in_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_save_reports_unreadable_drafts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_commit_refuses_control_characters, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_store_snapshot_digest_recomputed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_snapshot_tamper_detected, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_history_failure_makes_no_callback, setup,
+                                        teardown),
         cmocka_unit_test(test_store_local_actor),
     };
 
