@@ -1,16 +1,19 @@
 #include "ctl.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "error.h"
 
 int ctl_store_open(struct ctl *ctl, bool create)
 {
-    char qdir[256];
+    char qdir[256], keypath[PATH_MAX], qkey[256];
     struct stat st;
     int err;
 
@@ -44,23 +47,83 @@ int ctl_store_open(struct ctl *ctl, bool create)
         .dir = ctl->data_dir,
         .key_file = ctl->key_file,
         .map_size = 0,
+        .create = create,
     };
     err = store_open(&params, &ctl->store);
-    if (err < 0) {
-        ctl->store = NULL;
-        if (err == ERROR_KEYFILE) {
-            char qkey[256];
-            ctl_quote(ctl->key_file != NULL ? ctl->key_file : "<data-dir>/node.key", qkey,
-                      sizeof(qkey));
-            ctl_errorf("cannot open store in %s: %s (%s; it must be a regular file of mode 0600 "
-                       "holding 32 bytes)",
-                       qdir, error_str(err), qkey);
-        } else {
-            ctl_errorf("cannot open store in %s: %s", qdir, error_str(err));
-        }
-        return CTL_EXIT_FAIL;
+    if (err == 0)
+        return CTL_EXIT_OK;
+    ctl->store = NULL;
+    if (err == ERROR_NOT_FOUND) {
+        ctl_errorf("no store in %s (nothing has been saved or drafted there yet)", qdir);
+    } else if (err == ERROR_KEYFILE) {
+        /* Name the path store_open() used, so a typo in it shows. */
+        if (ctl->key_file != NULL)
+            snprintf(keypath, sizeof(keypath), "%s", ctl->key_file);
+        else
+            snprintf(keypath, sizeof(keypath), "%s/node.key", ctl->data_dir);
+        ctl_errorf("node key %s is missing or does not match the store in %s (it must be the "
+                   "key the store was made with: a regular file of mode 0600; see --key-file)",
+                   ctl_quote(keypath, qkey, sizeof(qkey)), qdir);
+    } else {
+        ctl_errorf("cannot open store in %s: %s", qdir, error_str(err));
     }
-    return CTL_EXIT_OK;
+    return CTL_EXIT_FAIL;
+}
+
+/* Why a file of this type cannot be read as input, or NULL if it can. */
+static const char *input_type_problem(mode_t mode)
+{
+    if (S_ISREG(mode) || S_ISFIFO(mode))
+        return NULL;
+    if (S_ISDIR(mode))
+        return "it is a directory";
+    if (S_ISCHR(mode))
+        return "it is a character device";
+    if (S_ISBLK(mode))
+        return "it is a block device";
+    if (S_ISSOCK(mode))
+        return "it is a socket";
+    return "it is not a regular file";
+}
+
+int ctl_open_input(const char *path, const char *what, struct stat *st)
+{
+    const char *why;
+    int fd, flags, err;
+
+    /* A device is refused before it is opened: opening some (a tape, a
+     * modem line) has effects of its own. fstat below is what counts. */
+    if (stat(path, st) == 0 && (why = input_type_problem(st->st_mode)) != NULL) {
+        ctl_errorf("cannot read %s: %s; expected a regular file or a pipe", what, why);
+        return ERROR_INVALID;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        err = -errno;
+        ctl_errorf("cannot open %s: %s", what, error_str(err));
+        return err;
+    }
+    if (fstat(fd, st) < 0) {
+        err = -errno;
+        ctl_errorf("cannot open %s: %s", what, error_str(err));
+        goto close_fd;
+    }
+    if ((why = input_type_problem(st->st_mode)) != NULL) {
+        ctl_errorf("cannot read %s: %s; expected a regular file or a pipe", what, why);
+        err = ERROR_INVALID;
+        goto close_fd;
+    }
+    flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+        err = -errno;
+        ctl_errorf("cannot read %s: %s", what, error_str(err));
+        goto close_fd;
+    }
+    return fd;
+
+close_fd:
+    close(fd);
+    return err;
 }
 
 /* The synopsis of a usage text: its lines up to the first empty one. The
@@ -139,8 +202,29 @@ static size_t utf8_len(const unsigned char *s)
     return 0;
 }
 
+/* The code point of the valid n-byte UTF-8 sequence at s. */
+static unsigned long utf8_decode(const unsigned char *s, size_t n)
+{
+    static const unsigned char lead_mask[] = {0, 0x7f, 0x1f, 0x0f, 0x07};
+    unsigned long cp = s[0] & lead_mask[n];
+
+    for (size_t i = 1; i < n; i++)
+        cp = (cp << 6) | (s[i] & 0x3f);
+    return cp;
+}
+
+/* Characters that are valid UTF-8 but must not reach a terminal raw: C1
+ * controls, which some terminals obey like escape sequences, and the
+ * invisible bidirectional controls and line separators, which can make a
+ * line read differently from what it holds (CVE-2021-42574). */
+static bool utf8_unsafe(unsigned long cp)
+{
+    return (cp >= 0x80 && cp <= 0x9f) || cp == 0x61c || cp == 0x200e || cp == 0x200f ||
+           (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
 /* Writes the printable form of the next character of s into out (NUL
- * terminated, at most 5 bytes) and returns how many input bytes it used. */
+ * terminated, at most 7 bytes) and returns how many input bytes it used. */
 static size_t escape_next(const char *s, char out[8])
 {
     const unsigned char *u = (const unsigned char *)s;
@@ -149,6 +233,13 @@ static size_t escape_next(const char *s, char out[8])
     if (n == 0 || u[0] < 0x20 || u[0] == 0x7f) {
         snprintf(out, 8, "\\x%02x", u[0]);
         return 1;
+    }
+    if (n > 1) {
+        unsigned long cp = utf8_decode(u, n);
+        if (utf8_unsafe(cp)) {
+            snprintf(out, 8, "\\u%04lx", cp);
+            return n;
+        }
     }
     memcpy(out, s, n);
     out[n] = '\0';
@@ -161,7 +252,7 @@ bool ctl_text_clean(const char *text)
 
     while (*u != '\0') {
         size_t n = utf8_len(u);
-        if (n == 0 || *u < 0x20 || *u == 0x7f)
+        if (n == 0 || *u < 0x20 || *u == 0x7f || (n > 1 && utf8_unsafe(utf8_decode(u, n))))
             return false;
         u += n;
     }
@@ -177,7 +268,8 @@ bool ctl_comment_ok(const char *comment)
         return false;
     }
     if (!ctl_text_clean(comment)) {
-        ctl_errorf("--comment: contains control characters or is not UTF-8: '%s'",
+        ctl_errorf("--comment: contains control or invisible formatting characters, or is not "
+                   "UTF-8: '%s'",
                    ctl_quote(comment, q, sizeof(q)));
         return false;
     }
@@ -254,6 +346,51 @@ static const char *option_word(const char *arg, char *buf, size_t len)
     return ctl_quote(tmp, buf, len);
 }
 
+/*
+ * Whether the option getopt_long() just refused was a long one. glibc sets
+ * optopt to 0 for an unknown long option, and to the option's value for a
+ * known one given a value it does not take or missing the one it needs;
+ * for a short option optopt is the letter. A value above a char, or the
+ * word before optind naming an option of that value, means long. The word
+ * alone cannot tell: inside a cluster (`-Zh`) optind has not moved and the
+ * word before it is the previous argument.
+ */
+static bool refused_long(int argc, char **argv, const struct option *longopts)
+{
+    const char *text;
+    size_t n;
+
+    if (optopt == 0 || optopt > UCHAR_MAX)
+        return true;
+    if (optind < 1 || optind > argc)
+        return false;
+    text = argv[optind - 1];
+    if (strncmp(text, "--", 2) != 0)
+        return false;
+    n = strcspn(text + 2, "=");
+    for (const struct option *o = longopts; o->name != NULL; o++) {
+        if (o->val == optopt && n > 0 && strncmp(o->name, text + 2, n) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The option `text` ("--name" or "--name=value") names in full with value
+ * `val`, or NULL. */
+static const struct option *full_name(const char *text, int val, const struct option *longopts)
+{
+    size_t n;
+
+    if (strncmp(text, "--", 2) != 0)
+        return NULL;
+    n = strcspn(text + 2, "=");
+    for (const struct option *o = longopts; o->name != NULL; o++) {
+        if (o->val == val && strlen(o->name) == n && strncmp(o->name, text + 2, n) == 0)
+            return o;
+    }
+    return NULL;
+}
+
 int ctl_getopt(int argc, char **argv, const char *optstring, const struct option *longopts)
 {
     char word[160];
@@ -265,18 +402,39 @@ int ctl_getopt(int argc, char **argv, const char *optstring, const struct option
     if (c == -1)
         return c;
     if (c == '?' || c == ':') {
+        if (!refused_long(argc, argv, longopts)) {
+            /* glibc stores the letter as a (signed) char. */
+            unsigned char letter = (unsigned char)optopt;
+            char shown[8];
+            if (letter > ' ' && letter < 0x7f)
+                snprintf(shown, sizeof(shown), "-%c", letter);
+            else
+                snprintf(shown, sizeof(shown), "-\\x%02x", letter);
+            if (c == ':')
+                ctl_errorf("option '%s' needs a value", shown);
+            else if (letter >= '0' && letter <= '9')
+                ctl_errorf("unknown option '%s' (numbers here are positive: 1, 2, ...)", shown);
+            else
+                ctl_errorf("unknown option '%s'", shown);
+            return '?';
+        }
         const char *text = optind > 0 && optind <= argc ? argv[optind - 1] : "";
-        bool is_long = strncmp(text, "--", 2) == 0;
-        if (c == '?' && optopt >= '0' && optopt <= '9' && !is_long)
-            ctl_errorf("unknown option '-%c' (numbers here are positive: 1, 2, ...)", optopt);
-        else if (c == '?' && optopt != 0 && !is_long)
-            ctl_errorf("unknown option '-%c'", optopt);
-        else if (c == '?' && optopt != 0 && strchr(text, '=') != NULL)
+        if (optopt != 0 && full_name(text, optopt, longopts) == NULL) {
+            /* A known option, abbreviated: refused as below, and its value
+             * is not the problem. */
+            for (const struct option *o = longopts; o->name != NULL; o++) {
+                if (o->val == optopt) {
+                    ctl_errorf("unknown option '%s' (options are not abbreviated; did you mean "
+                               "'--%s'?)",
+                               option_word(text, word, sizeof(word)), o->name);
+                    return '?';
+                }
+            }
+        }
+        if (c == '?' && optopt != 0 && strchr(text, '=') != NULL)
             ctl_errorf("option '%s' takes no value", option_word(text, word, sizeof(word)));
         else if (c == '?')
             ctl_errorf("unknown option '%s'", option_word(text, word, sizeof(word)));
-        else if (optopt != 0 && !is_long)
-            ctl_errorf("option '-%c' needs a value", optopt);
         else
             ctl_errorf("option '%s' needs a value", option_word(text, word, sizeof(word)));
         return '?';

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 
 #include "store.h"
 
@@ -34,6 +35,7 @@ struct ctl {
     const char *key_file; /* --key-file; NULL: the store's default */
     bool json;            /* --json, global or given to a read verb */
     struct store *store;  /* owned; opened by ctl_store_open, closed by main */
+    int argi;             /* index on the command line of the verb's argv[0] */
 };
 
 /* A verb: argv[0] is the verb's own name (for messages and getopt). Returns
@@ -41,13 +43,25 @@ struct ctl {
 typedef int (*ctl_verb_fn)(struct ctl *ctl, int argc, char **argv);
 
 /*
- * Opens the store in ctl->data_dir unless it is open already. With
- * `create` false, a data directory that does not exist is an error instead
- * of a new empty store, so a mistyped path for a read is not silently
- * created. Prints any error itself and returns the exit status for it:
- * CTL_EXIT_OK, CTL_EXIT_USAGE (no --data-dir) or CTL_EXIT_FAIL.
+ * Opens the store in ctl->data_dir unless it is open already. Only the
+ * verbs that write a draft pass `create`: for every other verb a directory
+ * without a store is an error and nothing is created in it, so a mistyped
+ * path for a read leaves no trace. Prints any error itself and returns the
+ * exit status for it: CTL_EXIT_OK, CTL_EXIT_USAGE (no --data-dir) or
+ * CTL_EXIT_FAIL.
  */
 int ctl_store_open(struct ctl *ctl, bool create);
+
+/*
+ * Opens a file the user named as input: a regular file, or a FIFO or pipe
+ * (so `--password-file <(pass show smtp)` works). The open is non-blocking,
+ * so a FIFO without a writer cannot hang it, and the descriptor is made
+ * blocking again afterwards (such a FIFO then reads as empty). Directories,
+ * devices and sockets are refused. `what` names the file in messages: the
+ * caller decides whether it shows the path. Prints the problem; returns the
+ * descriptor (*st filled by fstat) or a negative error.
+ */
+int ctl_open_input(const char *path, const char *what, struct stat *st);
 
 /* "smtpsyncctl: <message>\n" on stderr. Text from the user that goes into
  * a message must be passed through ctl_quote() first. */
@@ -58,9 +72,12 @@ void ctl_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int ctl_usage_error(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /*
- * Writes a printable, bounded form of untrusted text into buf: control
- * characters and bytes that are not valid UTF-8 become \xNN, and text past
- * `len` is cut with "...". For echoing user input in messages.
+ * Writes a printable, bounded form of untrusted text into buf: C0 controls,
+ * DEL and bytes that are not valid UTF-8 become \xNN; C1 controls
+ * (U+0080-U+009F), bidirectional controls and line separators (U+061C,
+ * U+200E, U+200F, U+2028-U+202E, U+2066-U+2069) become \uNNNN, as they
+ * could reorder or forge what a terminal shows; text past `len` is cut
+ * with "...". For echoing user input in messages.
  */
 const char *ctl_quote(const char *text, char *buf, size_t len);
 
@@ -68,7 +85,7 @@ const char *ctl_quote(const char *text, char *buf, size_t len);
  * printed); returns CTL_EXIT_USAGE. */
 int ctl_usage(const char *usage);
 
-/* True if text is valid UTF-8 without control characters. */
+/* True if text is valid UTF-8 with nothing ctl_quote() would escape. */
 bool ctl_text_clean(const char *text);
 
 /* Checks a --comment: printable UTF-8 of at most STORE_COMMENT_MAX
@@ -89,7 +106,7 @@ int ctl_parse_u64(const char *text, uint64_t min, uint64_t max, uint64_t *out);
  * abbreviation of long options: `--password` must never be taken for
  * `--password-file`, so only names written in full are accepted. On an
  * unknown option or a missing value it prints the error line and returns
- * '?'. `optstring` should start with ':' (after an optional '+').
+ * '?'. `optstring` should start with ':' (after an optional '+' or '-').
  */
 int ctl_getopt(int argc, char **argv, const char *optstring, const struct option *longopts);
 

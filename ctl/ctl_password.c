@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -115,7 +116,8 @@ invalid:
     return ERROR_INVALID;
 }
 
-static int read_fd(int fd, const char *what, struct ctl_password *out)
+/* `fifo`: the source is a pipe, which reads as empty when nobody writes. */
+static int read_fd(int fd, const char *what, bool fifo, struct ctl_password *out)
 {
     char *buf = malloc(PW_BUF_LEN);
     size_t n = 0;
@@ -136,7 +138,8 @@ static int read_fd(int fd, const char *what, struct ctl_password *out)
         goto wipe;
     }
     if (n == 0) {
-        ctl_errorf("%s: empty; expected the password on the first line", what);
+        ctl_errorf("%s: empty; expected the password on the first line%s", what,
+                   fifo ? " (a pipe nothing wrote to?)" : "");
         err = ERROR_INVALID;
         goto wipe;
     }
@@ -149,35 +152,21 @@ wipe:
 
 int ctl_password_from_file(const char *path, struct ctl_password *out)
 {
-    char qpath[256], what[300];
+    /* Not the path: `--password-file hunter2` must not print hunter2. */
+    const char *what = "password file (given with --password-file)";
     struct stat st;
     int fd, err;
 
-    ctl_quote(path, qpath, sizeof(qpath));
-    snprintf(what, sizeof(what), "password file %s", qpath);
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        err = -errno;
-        ctl_errorf("cannot open %s: %s", what, error_str(err));
-        return err;
-    }
-    if (fstat(fd, &st) < 0) {
-        err = -errno;
-        ctl_errorf("cannot open %s: %s", what, error_str(err));
-        goto close_fd;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        ctl_errorf("cannot read %s: %s", what, strerror(EISDIR));
-        err = -EISDIR;
-        goto close_fd;
-    }
+    fd = ctl_open_input(path, what, &st);
+    if (fd < 0)
+        return fd;
     if ((st.st_mode & 077) != 0) {
         ctl_errorf("%s is accessible by group or others (mode %04o); run chmod 600 on it", what,
                    (unsigned)(st.st_mode & 07777));
         err = -EPERM;
         goto close_fd;
     }
-    err = read_fd(fd, what, out);
+    err = read_fd(fd, what, S_ISFIFO(st.st_mode), out);
 close_fd:
     close(fd);
     return err;
@@ -185,13 +174,26 @@ close_fd:
 
 int ctl_password_from_stdin(struct ctl_password *out)
 {
-    return read_fd(STDIN_FILENO, "standard input (--password-stdin)", out);
+    struct stat st;
+    bool fifo;
+    int err;
+
+    /* Read as a stream, a password typed on the terminal would show. */
+    if (isatty(STDIN_FILENO)) {
+        err = ctl_password_prompt(out);
+        if (err == -ENXIO)
+            ctl_errorf("--password-stdin: standard input is a terminal, but /dev/tty cannot be "
+                       "opened to ask with echo off; pipe the password in instead");
+        return err;
+    }
+    fifo = fstat(STDIN_FILENO, &st) == 0 && S_ISFIFO(st.st_mode);
+    return read_fd(STDIN_FILENO, "standard input (--password-stdin)", fifo, out);
 }
 
 /* One line from the terminal, without its newline, into a new string. */
 static int prompt_line(int tty, const char *prompt, char **out)
 {
-    char buf[SETTINGS_PASSWORD_MAX + 2];
+    char buf[SETTINGS_PASSWORD_MAX + 1];
     size_t n = 0;
     int err = 0;
 
@@ -209,7 +211,7 @@ static int prompt_line(int tty, const char *prompt, char **out)
         }
         if (r == 0 || c == '\n')
             break;
-        if (n + 1 >= sizeof(buf)) {
+        if (n >= SETTINGS_PASSWORD_MAX) {
             err = ERROR_TOO_BIG;
             continue; /* drain the rest of the line */
         }

@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,12 +46,19 @@ const char ctl_settings_set_usage[] =
     "  --from ADDR                   From address of every mail of the instance\n"
     "  --logon | --no-logon          whether the server requires a logon\n"
     "  --user U                      logon user id\n"
-    "  --password-file F             read the password from F (line 1) and optionally\n"
-    "                                its confirmation (line 2); F must be mode 0600\n"
-    "  --password-stdin              read the same from standard input\n"
-    "                                (with --logon and neither option, a terminal is\n"
-    "                                asked twice with echo off; the password is never\n"
-    "                                accepted as an argument)\n"
+    "  --password-file F             read the password from F: line 1 the password,\n"
+    "                                line 2 (optional) its confirmation, which must\n"
+    "                                match. F is a regular file of mode 0600 or a\n"
+    "                                pipe, e.g. --password-file <(pass show smtp)\n"
+    "  --password-stdin              read the same two lines from standard input; when\n"
+    "                                that is a terminal, ask as --password-prompt does\n"
+    "  --password-prompt             ask on the terminal, twice, with echo off\n"
+    "                                (with --logon, no password yet and none of these\n"
+    "                                options, a terminal on standard input is asked)\n"
+    "                                A file or stream of one line confirms itself: the\n"
+    "                                confirmation guards against typing mistakes, and\n"
+    "                                a file is not typed. The password is never\n"
+    "                                accepted as an argument.\n"
     "  --smtps | --no-smtps          whether TLS is used (needs import-cert and --tls-mode)\n"
     "  --tls-mode strict|starttls    implicit TLS, or upgrade with STARTTLS\n"
     "  --test-address ADDR           where a test mail goes\n"
@@ -174,8 +182,9 @@ static int load_base(struct ctl *ctl, const char *instance, struct settings *s)
 /*
  * The end of set and import-cert: validate, and store the draft unless a
  * problem other than a missing value remains. Prints "<done> <instance>";
- * the caller then prints what is still needed (ctl_output_problems).
- * Returns the exit status.
+ * the caller then prints what is still needed (ctl_output_problems). On
+ * failure it prints every problem, the missing values too. Returns the
+ * exit status.
  */
 static int check_and_put(struct ctl *ctl, struct settings *s, const char *confirm,
                          struct settings_problems *problems, const char *done)
@@ -184,7 +193,9 @@ static int check_and_put(struct ctl *ctl, struct settings *s, const char *confir
 
     (void)settings_validate(s, confirm, time(NULL), problems);
     if (!settings_problems_only_incomplete(problems)) {
+        /* Every problem at once: what is wrong, then what is missing. */
         ctl_output_problems(problems, false);
+        ctl_output_problems(problems, true);
         ctl_errorf("nothing was written: the draft of instance %s was left as it was", s->instance);
         return CTL_EXIT_FAIL;
     }
@@ -238,6 +249,7 @@ enum {
     OPT_INSTANCE = 256,
     OPT_PASSWORD_FILE,
     OPT_PASSWORD_STDIN,
+    OPT_PASSWORD_PROMPT,
     OPT_REVISION,
     OPT_DRAFT,
     OPT_JSON,
@@ -253,11 +265,11 @@ struct set_change {
 
 static int settings_set(struct ctl *ctl, int argc, char **argv)
 {
-    struct option opts[N_SET_FLAGS + 5];
+    struct option opts[N_SET_FLAGS + 6];
     struct set_change *changes = NULL;
     size_t nchanges = 0;
     const char *instance = NULL, *password_file = NULL;
-    bool password_stdin = false, logon_flag = false;
+    bool password_stdin = false, password_prompt = false, logon_flag = false;
     struct ctl_password pw = {NULL, NULL};
     struct settings s;
     struct settings_problems problems = {.count = 0, .dropped = 0};
@@ -272,17 +284,28 @@ static int settings_set(struct ctl *ctl, int argc, char **argv)
         (struct option){"password-file", required_argument, NULL, OPT_PASSWORD_FILE};
     opts[N_SET_FLAGS + 2] =
         (struct option){"password-stdin", no_argument, NULL, OPT_PASSWORD_STDIN};
-    opts[N_SET_FLAGS + 3] = (struct option){"help", no_argument, NULL, OPT_HELP};
-    opts[N_SET_FLAGS + 4] = (struct option){NULL, 0, NULL, 0};
+    opts[N_SET_FLAGS + 3] =
+        (struct option){"password-prompt", no_argument, NULL, OPT_PASSWORD_PROMPT};
+    opts[N_SET_FLAGS + 4] = (struct option){"help", no_argument, NULL, OPT_HELP};
+    opts[N_SET_FLAGS + 5] = (struct option){NULL, 0, NULL, 0};
 
     changes = calloc((size_t)argc, sizeof(*changes));
     if (changes == NULL) {
         ctl_errorf("%s", strerror(ENOMEM));
         return CTL_EXIT_FAIL;
     }
+    /* '-': operands come back in place (as 1), unpermuted, so a stray one
+     * can be named by its position. Its text is never shown: it may be
+     * the password, typed where it does not belong. */
     optind = 0;
-    while ((c = ctl_getopt(argc, argv, ":h", opts)) != -1) {
+    while ((c = ctl_getopt(argc, argv, "-:h", opts)) != -1) {
         switch (c) {
+        case 1:
+            rc = ctl_usage_error(ctl_settings_set_usage,
+                                 "settings set: unexpected argument (#%d on the command line; "
+                                 "every value belongs to an option)",
+                                 ctl->argi + optind - 1);
+            goto free_changes;
         case OPT_HELP:
             fputs(ctl_settings_set_usage, stdout);
             rc = CTL_EXIT_OK;
@@ -295,6 +318,9 @@ static int settings_set(struct ctl *ctl, int argc, char **argv)
             break;
         case OPT_PASSWORD_STDIN:
             password_stdin = true;
+            break;
+        case OPT_PASSWORD_PROMPT:
+            password_prompt = true;
             break;
         default:
             if (c >= OPT_FIELD && c < OPT_FIELD + (int)N_SET_FLAGS) {
@@ -310,19 +336,21 @@ static int settings_set(struct ctl *ctl, int argc, char **argv)
             goto free_changes;
         }
     }
-    if (optind < argc) {
-        char q[96];
-        rc = ctl_usage_error(ctl_settings_set_usage, "settings set: unexpected argument '%s'",
-                             ctl_quote(argv[optind], q, sizeof(q)));
+    if (optind < argc) { /* after "--" */
+        rc = ctl_usage_error(ctl_settings_set_usage,
+                             "settings set: unexpected argument (#%d on the command line; "
+                             "every value belongs to an option)",
+                             ctl->argi + optind);
         goto free_changes;
     }
     if (instance == NULL) {
         rc = ctl_usage_error(ctl_settings_set_usage, "settings set: --instance ID is required");
         goto free_changes;
     }
-    if (password_file != NULL && password_stdin) {
+    if ((password_file != NULL) + password_stdin + password_prompt > 1) {
         rc = ctl_usage_error(ctl_settings_set_usage,
-                             "settings set: give --password-file or --password-stdin, not both");
+                             "settings set: give only one of --password-file, --password-stdin "
+                             "and --password-prompt");
         goto free_changes;
     }
     if (!instance_ok(instance)) {
@@ -336,6 +364,14 @@ static int settings_set(struct ctl *ctl, int argc, char **argv)
         goto free_changes;
     if (password_stdin && ctl_password_from_stdin(&pw) < 0)
         goto free_changes;
+    if (password_prompt) {
+        int err = ctl_password_prompt(&pw);
+        if (err == -ENXIO)
+            ctl_errorf("--password-prompt: there is no terminal to ask on (/dev/tty); use "
+                       "--password-file or --password-stdin");
+        if (err < 0)
+            goto free_changes;
+    }
 
     if ((rc = ctl_store_open(ctl, true)) != CTL_EXIT_OK)
         goto wipe_password;
@@ -385,17 +421,17 @@ static int read_pem(const char *path, char **out, size_t *len)
 {
     char q[256];
     size_t cap = SETTINGS_PEM_MAX + 1, n = 0;
-    bool is_stdin = strcmp(path, "-") == 0;
+    bool is_stdin = strcmp(path, "-") == 0, fifo = false;
+    struct stat st;
     char *buf;
     int fd, err = 0;
 
     ctl_quote(is_stdin ? "standard input" : path, q, sizeof(q));
-    fd = is_stdin ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        err = -errno;
-        ctl_errorf("cannot open %s: %s", q, error_str(err));
-        return err;
-    }
+    fd = is_stdin ? STDIN_FILENO : ctl_open_input(path, q, &st);
+    if (fd < 0)
+        return fd;
+    if (!is_stdin)
+        fifo = S_ISFIFO(st.st_mode);
     buf = malloc(cap + 1);
     if (buf == NULL) {
         err = -ENOMEM;
@@ -422,7 +458,8 @@ static int read_pem(const char *path, char **out, size_t *len)
         goto free_buf;
     }
     if (n == 0) {
-        ctl_errorf("%s: empty; expected PEM certificates (-----BEGIN CERTIFICATE-----)", q);
+        ctl_errorf("%s: empty; expected PEM certificates (-----BEGIN CERTIFICATE-----)%s", q,
+                   fifo ? " (a pipe nothing wrote to?)" : "");
         err = ERROR_INVALID;
         goto free_buf;
     }
@@ -901,8 +938,10 @@ int ctl_settings_main(struct ctl *ctl, int argc, char **argv)
         return CTL_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof(settings_verbs) / sizeof(settings_verbs[0]); i++) {
-        if (strcmp(argv[1], settings_verbs[i].name) == 0)
+        if (strcmp(argv[1], settings_verbs[i].name) == 0) {
+            ctl->argi++;
             return settings_verbs[i].run(ctl, argc - 1, argv + 1);
+        }
     }
     return ctl_usage_error(ctl_settings_usage, "settings: unknown subcommand '%s'",
                            ctl_quote(argv[1], q, sizeof(q)));

@@ -4,6 +4,7 @@
  * main() hardens the process, parses the global options into a `struct
  * ctl`, and hands the rest of the command line to the verb.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -113,7 +114,8 @@ enum {
     OPT_VERSION,
 };
 
-int main(int argc, char **argv)
+/* Parses the global options and runs the verb; returns the exit status. */
+static int run(struct ctl *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {
         {"data-dir", required_argument, NULL, OPT_DATA_DIR},
@@ -124,14 +126,9 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
-    struct ctl ctl = {NULL, NULL, false, NULL};
     const char *verb;
     char q[96];
-    int c, rc;
-
-    harden();
-    if (argc < 1)
-        return CTL_EXIT_USAGE;
+    int c;
 
     /* '+': the first word that is not an option is the verb; what follows
      * belongs to it. */
@@ -139,13 +136,13 @@ int main(int argc, char **argv)
     while ((c = ctl_getopt(argc, argv, "+:h", opts)) != -1) {
         switch (c) {
         case OPT_DATA_DIR:
-            ctl.data_dir = optarg;
+            ctl->data_dir = optarg;
             break;
         case OPT_KEY_FILE:
-            ctl.key_file = optarg;
+            ctl->key_file = optarg;
             break;
         case OPT_JSON:
-            ctl.json = true;
+            ctl->json = true;
             break;
         case OPT_SERVER:
             ctl_errorf("remote mode (--server) is not available yet; use --data-dir");
@@ -160,6 +157,9 @@ int main(int argc, char **argv)
             return ctl_usage(usage);
         }
     }
+    /* The verbs take options after their operands (`diff 1 2 --json`);
+     * with POSIXLY_CORRECT set, getopt would stop at the first operand. */
+    unsetenv("POSIXLY_CORRECT");
     if (optind >= argc)
         return ctl_usage_error(usage, "missing verb");
     verb = argv[optind];
@@ -169,19 +169,42 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < N_VERBS; i++) {
         if (strcmp(verb, verbs[i].name) != 0)
             continue;
-        if (ctl.data_dir == NULL) {
+        if (ctl->data_dir == NULL) {
             const char *env = getenv("SMTPSYNC_DATA_DIR");
             if (env != NULL && env[0] != '\0')
-                ctl.data_dir = env;
+                ctl->data_dir = env;
         }
-        if (ctl.data_dir != NULL && ctl.data_dir[0] == '\0') {
+        if (ctl->data_dir != NULL && ctl->data_dir[0] == '\0') {
             ctl_errorf("--data-dir: empty directory name");
             return CTL_EXIT_USAGE;
         }
-        rc = verbs[i].run(&ctl, argc - optind, argv + optind);
-        if (ctl.store != NULL)
-            store_close(ctl.store);
-        return rc;
+        ctl->argi = optind;
+        return verbs[i].run(ctl, argc - optind, argv + optind);
     }
     return ctl_usage_error(usage, "unknown verb '%s'", ctl_quote(verb, q, sizeof(q)));
+}
+
+int main(int argc, char **argv)
+{
+    struct ctl ctl = {NULL, NULL, false, NULL, 0};
+    int rc, err;
+
+    harden();
+    if (argc < 1)
+        return CTL_EXIT_USAGE;
+    rc = run(&ctl, argc, argv);
+    if (ctl.store != NULL)
+        store_close(ctl.store);
+
+    /* Output that did not arrive (a full disk, a closed pipe) must not
+     * look like success to a script. */
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        err = errno;
+        ctl_errorf("write error: standard output: %s",
+                   err != 0 ? strerror(err) : "an earlier write failed");
+        if (rc == CTL_EXIT_OK)
+            rc = CTL_EXIT_FAIL;
+    }
+    return rc;
 }

@@ -13,14 +13,37 @@ no_draft() {
     OUT=$save_out ERR=$save_err RC=$save_rc
 }
 
-# no_raw_control WHAT TEXT: TEXT holds no control character but newline.
+# raw_free TEXT: TEXT is valid UTF-8 and holds nothing that could steer a
+# terminal: no C0 control but newline, no DEL, no C1 control (U+0080-U+009F),
+# no bidirectional control or line separator. no_raw_control WHAT TEXT
+# asserts it.
+raw_free() {
+    printf '%s' "$1" | python3 -c '
+import sys
+try:
+    text = sys.stdin.buffer.read().decode("utf-8")
+except UnicodeDecodeError:
+    sys.exit(1)
+unsafe = [c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7f <= ord(c) <= 0x9f
+          or ord(c) in (0x61c, 0x200e, 0x200f) or 0x2028 <= ord(c) <= 0x202e
+          or 0x2066 <= ord(c) <= 0x2069]
+sys.exit(1 if unsafe else 0)'
+}
 no_raw_control() {
-    if printf '%s' "$2" | tr -d '\n' | LC_ALL=C grep -q '[[:cntrl:]]'; then
-        fail "$1: raw control characters in output"
+    if raw_free "$2"; then
+        pass
+    else
+        fail "$1: raw control or invisible formatting characters in output: ${2:0:300}"
+    fi
+}
+# The check sees what it looks for.
+for bad in $'\x1b' $'\x7f' $'\xc2\x9b' $'\xe2\x80\xae' $'\xe2\x81\xa6' $'\xe2\x80\x8e' $'\xff'; do
+    if raw_free "a${bad}b"; then
+        fail "raw_free misses $(printf %q "$bad")"
     else
         pass
     fi
-}
+done
 
 # A complete, saved baseline so that revisions exist.
 PW=$T/pw
@@ -61,8 +84,11 @@ assert_contains "bad tls_mode" "$ERR" "smtpsyncctl: tls_mode: "
 assert_contains "bad starttls_fallback" "$ERR" "smtpsyncctl: starttls_fallback: "
 assert_contains "bad timeout" "$ERR" "smtpsyncctl: timeout_connect: "
 
-# Invalid UTF-8 and control characters never reach the store or the terminal.
-for from in $'a\x01b@example.com' $'\xff\xfe@example.com' $'a@exa\nmple.com' $'\e[31mred@example.com'; do
+# Invalid UTF-8, control characters (C0 and C1, raw or UTF-8 encoded) and
+# bidirectional controls never reach the store or the terminal.
+for from in $'a\x01b@example.com' $'\xff\xfe@example.com' $'a@exa\nmple.com' $'\e[31mred@example.com' \
+    $'a\xc2\x9b31mred@example.com' $'a\xc2\x85b@example.com' $'moc.elpmaxe@\xe2\x80\xaeadmin' \
+    $'a\xe2\x81\xa6b\xe2\x81\xa9@example.com' $'a\xe2\x80\x8fb@example.com' $'a\xe2\x80\xa8b@example.com'; do
     ctl settings set --instance site-b --from "$from"
     assert_exit "hostile --from" 1
     assert_contains "hostile --from" "$ERR" "smtpsyncctl: from_address: "
@@ -72,6 +98,27 @@ ctl settings set --instance site-b --hostname $'\e]0;owned\a'
 assert_exit "escape sequence in hostname" 1
 no_raw_control "escape sequence in hostname" "$ERR"
 no_draft "hostile text" site-b
+ctl settings set --instance site-b --hostname $'mail\xe2\x80\xae.test'
+assert_exit "bidi control in hostname" 1
+assert_contains "bidi control in hostname: shown escaped" "$ERR" '\u202e'
+no_raw_control "bidi control in hostname" "$ERR"
+ctl settings save --comment $'looks \xe2\x80\xaefine'
+assert_exit "bidi control in --comment" 2
+assert_contains "bidi control in --comment: shown escaped" "$ERR" '\u202e'
+no_raw_control "bidi control in --comment" "$ERR"
+ctl settings save --comment $'c1 \xc2\x9b control'
+assert_exit "C1 control in --comment" 2
+assert_contains "C1 control in --comment: shown escaped" "$ERR" '\u009b'
+no_raw_control "C1 control in --comment" "$ERR"
+
+# Every problem at once: a failed set also lists what is still missing.
+ctl settings set --instance fresh --port 70000
+assert_exit "bad port on a new instance" 1
+assert_contains "bad port on a new instance" "$ERR" "smtpsyncctl: port: "
+for f in hostname from_address test_address; do
+    assert_contains "failed set: still needed $f" "$ERR" "still needed before save: $f:"
+done
+no_draft "bad port on a new instance" fresh
 
 # --- instance ids ---------------------------------------------------------
 ctl settings set --hostname mail.test
@@ -130,12 +177,38 @@ assert_exit "mode 0644 password file" 1
 assert_contains "mode 0644 password file" "$ERR" "chmod 600"
 assert_not_contains "mode 0644: no secret" "$ERR" "world-readable"
 
-ctl settings set --instance site-c --password-file "$T/does-not-exist"
+# The path of a password file is never shown: it may be the password,
+# given where the path belongs.
+ctl settings set --instance site-c --password-file "hunter2-as-path"
 assert_exit "missing password file" 1
-assert_contains "missing password file" "$ERR" "cannot open password file"
+assert_contains "missing password file" "$ERR" \
+    "cannot open password file (given with --password-file): No such file or directory"
+assert_not_contains "missing password file: path not echoed" "$ERR" "hunter2"
 
 ctl settings set --instance site-c --password-file "$T"
 assert_exit "password file is a directory" 1
+assert_contains "password file is a directory" "$ERR" "it is a directory"
+ctl settings set --instance site-c --password-file /dev/zero
+assert_exit "password file is /dev/zero" 1
+assert_contains "password file is /dev/zero" "$ERR" "it is a character device"
+python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$T/sock"
+ctl settings set --instance site-c --password-file "$T/sock"
+assert_exit "password file is a socket" 1
+assert_contains "password file is a socket" "$ERR" "it is a socket"
+# A FIFO nobody writes to reads as empty instead of hanging.
+mkfifo -m 600 "$T/fifo"
+run timeout 5 "$SMTPSYNCCTL" --data-dir "$DATA" settings set --instance site-c \
+    --password-file "$T/fifo"
+assert_exit "FIFO without a writer does not hang" 1
+assert_contains "FIFO without a writer" "$ERR" "empty"
+# A pipe from the shell works: --password-file <(command).
+run "$SMTPSYNCCTL" --data-dir "$DATA" settings set --instance site-d --logon --user u \
+    --password-file <(printf 'piped-pw\n')
+assert_exit "--password-file <(...)" 0
+ctl settings show --draft --json --instance site-d
+assert_eq "--password-file <(...): password set" "********" \
+    "$(json 'd["instances"]["site-d"]["password"]')"
+ctl settings discard --instance site-d
 
 head -c 5000 /dev/zero | tr '\0' 'p' >"$T/longpw"
 chmod 600 "$T/longpw"
@@ -145,6 +218,9 @@ assert_not_contains "password too long: no secret" "$ERR" "pppppppp"
 
 ctl_in $'pw\n' settings set --instance site-c --password-file "$PW" --password-stdin
 assert_exit "both password sources" 2
+ctl settings set --instance site-c --password-file "$PW" --password-prompt
+assert_exit "--password-file and --password-prompt" 2
+assert_contains "--password-file and --password-prompt" "$ERR" "only one of"
 
 for arg in --password --password=hunter2-argv --passwd --pass; do
     ctl settings set --instance site-c "$arg" hunter2-argv
@@ -155,6 +231,16 @@ done
 # An abbreviation of --password-file is not taken either.
 ctl settings set --instance site-c --password-f "$PW"
 assert_exit "abbreviated option" 2
+# A stray word is named by its position, never shown: it may be the
+# password (`--logon hunter2`).
+ctl settings set --instance site-c --logon hunter2-stray
+assert_exit "stray word in settings set" 2
+assert_contains "stray word: position" "$ERR" "unexpected argument (#8 on the command line"
+assert_not_contains "stray word: not echoed" "$ERR" "hunter2"
+ctl settings set --instance site-c -- hunter2-after-dashes
+assert_exit "stray word after --" 2
+assert_contains "stray word after --: position" "$ERR" "unexpected argument (#8 on the command line"
+assert_not_contains "stray word after --: not echoed" "$ERR" "hunter2"
 no_draft "passwords" site-c
 
 # --- verbs and options ----------------------------------------------------
@@ -175,6 +261,34 @@ ctl settings show --json=yes
 assert_exit "value for a flag" 2
 ctl settings save stray-argument
 assert_exit "stray argument" 2
+# An unknown letter in a cluster is named, not the word before it.
+ctl settings show --json -Zh
+assert_exit "unknown letter in a cluster" 2
+assert_contains "unknown letter in a cluster" "$ERR" "unknown option '-Z'"
+assert_not_contains "unknown letter in a cluster: not the previous word" "$ERR" "'--json'"
+ctl history --limit 1 -hZ
+assert_exit "--help in a cluster wins" 0
+ctl settings show --hel
+assert_exit "abbreviated --help" 2
+assert_contains "abbreviated --help" "$ERR" "options are not abbreviated"
+# Options after operands also work where POSIXLY_CORRECT is set.
+run env POSIXLY_CORRECT=1 "$SMTPSYNCCTL" --data-dir "$DATA" diff 1 1 --json
+assert_exit "POSIXLY_CORRECT: diff 1 1 --json" 0
+assert_eq "POSIXLY_CORRECT: JSON output" "[]" "$(json 'd')"
+
+# Output that cannot be written is a failure, not a silent success.
+LAST_CMD="smtpsyncctl --help >/dev/full"
+"$SMTPSYNCCTL" --help >/dev/full 2>"$T/.err"
+RC=$? ERR=$(cat "$T/.err")
+check_crash "$LAST_CMD" || true
+assert_exit "--help >/dev/full" 1
+assert_contains "--help >/dev/full" "$ERR" "write error: standard output: No space left on device"
+LAST_CMD="smtpsyncctl settings show --json >/dev/full"
+"$SMTPSYNCCTL" --data-dir "$DATA" settings show --json >/dev/full 2>"$T/.err"
+RC=$? ERR=$(cat "$T/.err")
+check_crash "$LAST_CMD" || true
+assert_exit "settings show >/dev/full" 1
+assert_contains "settings show >/dev/full" "$ERR" "write error:"
 
 # --- numbers --------------------------------------------------------------
 for n in abc -1 99999999999999999999999 0 12abc ' 1' +1 0x1 ''; do
@@ -221,6 +335,14 @@ import_fails "a missing file" "$T/none.pem" "cannot open"
 import_fails "a 200 KiB file" "$T/big.pem" "larger than"
 import_fails "a 200 KiB file that starts well" "$T/big-tail.pem" "larger than"
 import_fails "a directory" "$T" "cannot read"
+import_fails "/dev/zero" /dev/zero "it is a character device"
+run timeout 5 "$SMTPSYNCCTL" --data-dir "$DATA" settings import-cert --instance certs "$T/fifo"
+assert_exit "import from a FIFO without a writer does not hang" 1
+assert_contains "import from a FIFO without a writer" "$ERR" "empty"
+run "$SMTPSYNCCTL" --data-dir "$DATA" settings import-cert --instance certs-pipe \
+    <(cat "$CERTS/leaf.pem")
+assert_exit "import-cert <(...)" 0
+ctl settings discard --instance certs-pipe
 ctl settings import-cert --instance certs
 assert_exit "import without FILE" 2
 ctl settings import-cert "$CERTS/leaf.pem"
@@ -287,6 +409,18 @@ run "$SMTPSYNCCTL" --data-dir "$T/nowhere" history
 assert_exit "--data-dir does not exist (read)" 1
 assert_contains "--data-dir does not exist (read)" "$ERR" "no such directory"
 assert_true "a read does not create the directory" test ! -e "$T/nowhere"
+# An existing directory without a store: every verb but set and import-cert
+# says so and leaves the directory as it was.
+mkdir "$T/empty"
+for args in history "diff 1 2" "rollback 1" "settings show" "settings show --draft" \
+    "settings save" "settings discard"; do
+    # shellcheck disable=SC2086
+    run "$SMTPSYNCCTL" --data-dir "$T/empty" $args
+    assert_exit "$args in a directory without a store" 1
+    assert_contains "$args in a directory without a store" "$ERR" \
+        "no store in $T/empty (nothing has been saved or drafted there yet)"
+    assert_eq "$args in a directory without a store: nothing created" "" "$(ls -A "$T/empty")"
+done
 if [ "$(id -u)" -eq 0 ]; then
     # root ignores modes; /proc refuses new directories to everyone.
     unwritable=/proc/self/smtpsync-test

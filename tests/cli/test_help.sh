@@ -27,7 +27,7 @@ help_ok() {
 }
 
 help_ok "settings set" --instance --hostname --port --from --logon --no-logon --user \
-    --password-file --password-stdin --smtps --no-smtps --tls-mode --test-address \
+    --password-file --password-stdin --password-prompt --smtps --no-smtps --tls-mode --test-address \
     --starttls-fallback --allow-plaintext-auth --timeout-connect --timeout-data-term \
     --fallback-relays -- settings set
 help_ok "settings import-cert" --instance FILE -- settings import-cert
@@ -39,16 +39,25 @@ help_ok "history" --limit --json -- history
 help_ok "diff" R1 R2 --json -- diff
 help_ok "rollback" --comment -- rollback
 
-# `settings set --help` offers no way to pass the password as an argument.
+# `settings set --help` offers no way to pass the password as an argument,
+# and says how a password file's confirmation works.
 run "$SMTPSYNCCTL" settings set --help
 assert_true "no --password option" \
     bash -c '! grep -qE -- "--password( |=|$)" <<<"$1"' _ "$OUT"
+assert_contains "set --help: one line confirms itself" "$OUT" "one line confirms itself"
+assert_contains "set --help: a second line must match" "$OUT" "which must"
+assert_contains "set --help: a pipe works" "$OUT" "<(pass show smtp)"
 
-# --help wins over everything else on the line and needs no store.
-run "$SMTPSYNCCTL" settings set --instance x --hostname 'bad host' --help
-assert_exit "--help after other options" 0
-assert_contains "--help after other options" "$OUT" "usage: smtpsyncctl"
-assert_true "--help creates nothing" test ! -e "$DATA"
+# --help wins over everything else on the line and needs no store: with
+# the store's directory given, nothing is made there.
+for args in "settings set --instance x --hostname bad_host --help" \
+    "settings import-cert --instance x --help" "settings show --help" "history --help"; do
+    # shellcheck disable=SC2086
+    run "$SMTPSYNCCTL" --data-dir "$DATA" $args
+    assert_exit "$args" 0
+    assert_contains "$args" "$OUT" "usage: smtpsyncctl"
+    assert_true "$args: creates nothing" test ! -e "$DATA"
+done
 
 # The top level.
 for args in --help help; do

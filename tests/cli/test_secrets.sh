@@ -124,52 +124,77 @@ collect "history --json"
 ctl settings discard
 collect "discard"
 
-# The prompt: a terminal asked twice, with echo off.
-rm -f "$T/.prompt"
-python3 - "$SMTPSYNCCTL" "$DATA" "$PW3" "$T/.prompt" <<'PY'
-import os, pty, sys, time
-ctl, data, pw, transcript = sys.argv[1:5]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(ctl, [ctl, "--data-dir", data, "settings", "set", "--instance", "prompted",
-                   "--hostname", "mail.test", "--logon", "--user", "u"])
-out = b""
-def read_until(marker):
-    global out
-    deadline = time.time() + 30
-    while marker not in out and time.time() < deadline:
-        try:
-            chunk = os.read(fd, 1024)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-read_until(b"Password: ")
-os.write(fd, pw.encode() + b"\n")
-read_until(b"Confirm password: ")
-os.write(fd, pw.encode() + b"\n")
-read_until(b"draft saved")
-try:
-    while True:
-        chunk = os.read(fd, 1024)
-        if not chunk:
-            break
-        out += chunk
-except OSError:
-    pass
-_, status = os.waitpid(pid, 0)
-open(transcript, "wb").write(out + b"\nexit=%d\n" % os.waitstatus_to_exitcode(status))
-PY
-PROMPT=$(cat "$T/.prompt")
-assert_contains "prompt: asked for the password" "$PROMPT" "Password: "
-assert_contains "prompt: asked for the confirmation" "$PROMPT" "Confirm password: "
+# The prompt: a terminal asked twice, with echo off, and echo back on after.
+# pty_session ANSWERS... -- ARGS: smtpsyncctl --data-dir $DATA ARGS on a new
+# terminal, typing each answer at "Password: " / "Confirm password: " in
+# turn; OUT is the session's JSON report (tests/cli/pty_session.py).
+pty_session() {
+    local script=() prompts=("Password: " "Confirm password: ") i=0
+    while [ "$1" != "--" ]; do
+        script+=("${prompts[i]}" "$1")
+        i=$((i + 1))
+        shift
+    done
+    shift
+    rm -f "$T/.pty.json"
+    python3 "$(dirname "$0")/pty_session.py" "$T/.pty.json" "${script[@]}" -- \
+        "$SMTPSYNCCTL" --data-dir "$DATA" "$@"
+    local what="pty: ${*:3}"
+    OUT=$(cat "$T/.pty.json" 2>/dev/null || echo '{}')
+    PROMPT=$(json 'd.get("transcript", "")')
+    ALL+="$PROMPT"$'\n'
+    assert_eq "$what: no timeout" "False" "$(json 'str(d.get("timed_out"))')"
+    assert_not_contains "$what: no sanitizer report" "$PROMPT" "Sanitizer"
+    assert_eq "$what: echo is on again afterwards" "True" "$(json 'str(d.get("echo_after"))')"
+}
+
+# --logon with no password yet, and a terminal: asked, twice.
+pty_session "$PW3" "$PW3" -- settings set --instance prompted --hostname mail.test --logon --user u
+assert_eq "prompt: both answered with echo off" "[false, false]" "$(json 'd["echo_at_prompt"]')"
+assert_eq "prompt: exit 0" "0" "$(json 'd["exit"]')"
 assert_contains "prompt: draft saved" "$PROMPT" "draft saved for instance prompted"
-assert_contains "prompt: exit 0" "$PROMPT" "exit=0"
 assert_not_contains "prompt: no echo" "$PROMPT" "$PW3"
 ctl settings show --draft --json --instance prompted
 assert_eq "prompt: password set" "********" "$(json 'd["instances"]["prompted"]["password"]')"
 collect "show prompted"
+
+# --password-stdin on a terminal asks the same way, never reading with echo.
+pty_session "$PW2" "$PW2" -- settings set --instance prompted --password-stdin
+assert_eq "--password-stdin on a terminal: asked with echo off" "[false, false]" \
+    "$(json 'd["echo_at_prompt"]')"
+assert_eq "--password-stdin on a terminal: exit 0" "0" "$(json 'd["exit"]')"
+assert_not_contains "--password-stdin on a terminal: no echo" "$PROMPT" "$PW2"
+
+# --password-prompt changes a password that is already set.
+pty_session "$PW3" "$PW3" -- settings set --instance prompted --password-prompt
+assert_eq "--password-prompt: asked with echo off" "[false, false]" "$(json 'd["echo_at_prompt"]')"
+assert_eq "--password-prompt: exit 0" "0" "$(json 'd["exit"]')"
+
+# A typo at the confirmation: refused, nothing written, echo restored.
+ctl settings show --draft --json --instance prompted
+draft_before=$OUT
+pty_session "$PW3" "$PW2" -- settings set --instance prompted --password-prompt
+assert_eq "prompt mismatch: exit 1" "1" "$(json 'd["exit"]')"
+assert_contains "prompt mismatch: said so" "$PROMPT" "password: does not match"
+assert_not_contains "prompt mismatch: no echo" "$PROMPT" "UNIQUE-pw"
+ctl settings show --draft --json --instance prompted
+assert_eq "prompt mismatch: draft unchanged" "$draft_before" "$OUT"
+
+# One byte over the limit at the prompt is the prompt's own error.
+long=$(head -c 1025 /dev/zero | tr '\0' L)
+pty_session "$long" "$long" -- settings set --instance toolong --hostname mail.test --logon --user u
+assert_eq "prompt too long: exit 1" "1" "$(json 'd["exit"]')"
+assert_contains "prompt too long: said so" "$PROMPT" "the password is longer than 1024 bytes"
+assert_not_contains "prompt too long: not asked to confirm" "$PROMPT" "Confirm password: "
+pty_session "$(head -c 1024 /dev/zero | tr '\0' L)" "$(head -c 1024 /dev/zero | tr '\0' L)" -- \
+    settings set --instance prompted --password-prompt
+assert_eq "prompt of exactly 1024 bytes: exit 0" "0" "$(json 'd["exit"]')"
+
+# --password-prompt without a terminal is an error, not a silent skip.
+run setsid -w "$SMTPSYNCCTL" --data-dir "$DATA" settings set --instance prompted \
+    --password-prompt
+assert_exit "--password-prompt without a terminal" 1
+assert_contains "--password-prompt without a terminal" "$ERR" "no terminal to ask on"
 
 # Without a terminal there is no prompt: the password is just still needed.
 ctl settings set --instance noterm --hostname mail.test --logon --user u
@@ -182,7 +207,23 @@ ctl_key_before=$OUT
 run "$SMTPSYNCCTL" --data-dir "$DATA" --key-file "$T/other.key" settings set --instance primary \
     --port 25
 assert_exit "another node key" 1
+assert_contains "another node key: names the key file" "$ERR" \
+    "node key $T/other.key is missing or does not match the store in $DATA"
+assert_true "another node key: no key file made" test ! -e "$T/other.key"
 collect "another node key"
+head -c 32 /dev/urandom >"$T/wrong.key"
+chmod 600 "$T/wrong.key"
+run "$SMTPSYNCCTL" --data-dir "$DATA" --key-file "$T/wrong.key" settings show
+assert_exit "a wrong node key" 1
+assert_contains "a wrong node key: names the key file" "$ERR" \
+    "node key $T/wrong.key is missing or does not match the store in $DATA"
+mv "$DATA/node.key" "$T/node.key.saved"
+ctl history
+assert_exit "the store's node key is missing" 1
+assert_contains "the store's node key is missing" "$ERR" \
+    "node key $DATA/node.key is missing or does not match the store in $DATA"
+assert_true "the store's node key is not made anew" test ! -e "$DATA/node.key"
+mv "$T/node.key.saved" "$DATA/node.key"
 
 # Nothing printed anywhere held a password.
 for p in "$PW" "$PW2" "$PW3"; do
@@ -198,11 +239,17 @@ import sys
 sys.exit(1 if sys.argv[2].encode() in open(sys.argv[1], "rb").read() else 0)' "$f" "$p"
     done
 done
+# mdb_dump shows every record decoded; without it this check cannot run,
+# which must not pass for a success.
 if command -v "${MDB_DUMP:-mdb_dump}" >/dev/null; then
     run "${MDB_DUMP:-mdb_dump}" -a -p "$DATA"
+    assert_exit "mdb_dump" 0
+    assert_contains "mdb_dump dumped the drafts" "$OUT" "drafts"
     for p in "$PW" "$PW2" "$PW3"; do
         assert_not_contains "mdb_dump shows no password" "$OUT" "$p"
     done
+else
+    fail "mdb_dump (${MDB_DUMP:-mdb_dump}) not found: install lmdb-utils (deploy/install-deps test)"
 fi
 assert_eq "show unaffected by the failed key" "$ctl_key_before" "$(
     "$SMTPSYNCCTL" --data-dir "$DATA" settings show --json 2>/dev/null

@@ -12,12 +12,16 @@
 #   other-ca.pem              an unrelated CA
 #   garbage.pem               a CERTIFICATE block whose body is not a certificate
 #
-# Usage: make-certs.sh DIR   (idempotent: does nothing if DIR/.done exists)
+# Usage: make-certs.sh DIR   (idempotent: does nothing if DIR/.done holds the
+# SHA-256 of this script; a changed script makes every file anew)
 set -euo pipefail
 dir=${1:?usage: make-certs.sh DIR}
-[ -f "$dir/.done" ] && exit 0
+self=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
+[ -f "$dir/.done" ] && [ "$(cat "$dir/.done")" = "$self" ] && exit 0
 mkdir -p "$dir"
 cd "$dir"
+# Not done until every file below is made again.
+rm -f .done
 rm -rf ca-db && mkdir -p ca-db/new && : > ca-db/index.txt && echo 1000 > ca-db/serial
 
 cat > ca.cnf <<'CNF'
@@ -78,4 +82,4 @@ q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365
 
 printf -- '-----BEGIN CERTIFICATE-----\nTm90IGEgY2VydGlmaWNhdGUgYXQgYWxs\n-----END CERTIFICATE-----\n' > garbage.pem
 chmod 600 ./*.key
-touch .done
+printf '%s\n' "$self" > .done
