@@ -40,9 +40,10 @@ uint32_t settings__timeout_value(const struct settings *s, enum settings_field f
 /* "YYYY-MM-DD HH:MM UTC" of a Unix time, or "an unreadable date" if t < 0. */
 void settings__format_date(long long t, char *buf, size_t len);
 
-/* protobuf-c declares strings and bytes as non-const although packing only
- * reads them; messages we build borrow const data through this. */
-#define STORE_BORROW(p) ((void *)(uintptr_t)(p))
+/* protobuf-c messages and LMDB's MDB_val hold non-const pointers although
+ * packing and mdb_put/mdb_get only read through them; what we hand them
+ * borrows const data through this one cast. */
+#define BORROW_CONST(p) ((void *)(uintptr_t)(p))
 
 struct store {
     MDB_env *env;
@@ -91,7 +92,7 @@ static inline int64_t store__now_ms(void)
 
 static inline MDB_val store__key_str(const char *s)
 {
-    return (MDB_val){.mv_size = strlen(s), .mv_data = STORE_BORROW(s)};
+    return (MDB_val){.mv_size = strlen(s), .mv_data = BORROW_CONST(s)};
 }
 
 /* History keys are big-endian so LMDB's byte order is revision order. */

@@ -5,13 +5,8 @@
 #include <string.h>
 
 #include "error.h"
+#include "internal.h"
 #include "syntax.h"
-
-/*
- * protobuf-c declares string fields as `char *` although packing never
- * writes through them; the view only borrows the record's strings.
- */
-#define BORROW(str) ((char *)(uintptr_t)(str))
 
 static Smtpsync__TlsMode tls_mode_to_pb(enum settings_tls_mode m)
 {
@@ -62,16 +57,16 @@ int settings_pb_view(struct settings_pb *v, const struct settings *s,
     smtpsync__secret__init(&v->secret);
     smtpsync__timeouts__init(&v->timeouts);
 
-    m->instance = BORROW(s->instance);
-    m->hostname = BORROW(s->hostname);
+    m->instance = BORROW_CONST(s->instance);
+    m->hostname = BORROW_CONST(s->hostname);
     m->port = s->port;
-    m->from_address = BORROW(s->from_address);
+    m->from_address = BORROW_CONST(s->from_address);
     m->logon_required = s->logon_required;
-    m->user_id = BORROW(s->user_id);
+    m->user_id = BORROW_CONST(s->user_id);
     m->smtps_enabled = s->smtps_enabled;
-    m->trust_certificate = BORROW(s->trust_certificate != NULL ? s->trust_certificate : "");
+    m->trust_certificate = BORROW_CONST(s->trust_certificate != NULL ? s->trust_certificate : "");
     m->tls_mode = tls_mode_to_pb(s->tls_mode);
-    m->test_address = BORROW(s->test_address);
+    m->test_address = BORROW_CONST(s->test_address);
     m->starttls_fallback = s->starttls_fallback;
     m->allow_plaintext_auth = s->allow_plaintext_auth;
 
@@ -101,7 +96,7 @@ int settings_pb_view(struct settings_pb *v, const struct settings *s,
 
     for (size_t i = 0; i < s->nrelays; i++) {
         smtpsync__relay__init(&v->relays[i]);
-        v->relays[i].hostname = BORROW(s->relays[i].hostname);
+        v->relays[i].hostname = BORROW_CONST(s->relays[i].hostname);
         v->relays[i].port = s->relays[i].port;
         v->relay_ptrs[i] = &v->relays[i];
     }

@@ -100,7 +100,7 @@ int store_draft_discard(struct store *st, const char *instance)
 {
     if (instance != NULL && !settings_instance_valid(instance))
         return ERROR_INVALID;
-    return store__write(st, draft_discard_body, STORE_BORROW(instance));
+    return store__write(st, draft_discard_body, BORROW_CONST(instance));
 }
 
 int store_draft_each(struct store *st, unsigned flags, store_each_cb cb, void *arg)

@@ -403,8 +403,8 @@ int store__revision_commit(struct store *st, MDB_txn *txn, struct store_meta *me
     r.revision = meta->revision + 1;
     r.epoch = meta->epoch;
     r.time_ms = commit->time_ms != 0 ? commit->time_ms : store__now_ms();
-    r.actor = STORE_BORROW(commit->actor);
-    r.comment = STORE_BORROW(commit->comment != NULL ? commit->comment : "");
+    r.actor = BORROW_CONST(commit->actor);
+    r.comment = BORROW_CONST(commit->comment != NULL ? commit->comment : "");
     r.n_changes = n;
     r.changes = changes;
     r.rollback_of = rollback_of;
@@ -522,7 +522,7 @@ static int rollback_body(struct store *st, MDB_txn *txn, void *arg)
         if (put == NULL)
             continue;
         smtpsync__change__init(&changes[n]);
-        changes[n].instance = STORE_BORROW(put->instance);
+        changes[n].instance = BORROW_CONST(put->instance);
         changes[n].kind = SMTPSYNC__CHANGE_KIND__CHANGE_KIND_PUT;
         /* The old record as stored: its sealed password comes back as is. */
         changes[n].settings = store__record_unpack(put->data, put->len);
