@@ -151,32 +151,61 @@ static MDB_val rev_key(uint64_t rev, uint8_t buf[8])
     return (MDB_val){.mv_size = 8, .mv_data = buf};
 }
 
-/* Rewrites the Settings record under `key` in database `db` through `edit`,
- * behind the store's back. The store must be closed. */
-static void raw_edit_record(const char *dir, const char *db, const char *key,
-                            void (*edit)(Smtpsync__Settings *m, void *arg), void *arg)
+/* Rewrites the message under `key` in database `db` through `edit`, behind
+ * the store's back (protobuf-c's generic API, so one helper serves every
+ * record type). The store must be closed. */
+static void raw_edit(const char *dir, const char *db, MDB_val key,
+                     const ProtobufCMessageDescriptor *desc,
+                     void (*edit)(ProtobufCMessage *m, void *arg), void *arg)
 {
+    ProtobufCMessage *m;
     MDB_env *env;
     MDB_txn *txn;
     MDB_dbi dbi;
-    MDB_val k = {.mv_size = strlen(key), .mv_data = (void *)(uintptr_t)key}, val;
-    Smtpsync__Settings *m;
+    MDB_val val;
     uint8_t *buf;
 
     raw_open(dir, db, &env, &txn, &dbi);
-    assert_int_equal(mdb_get(txn, dbi, &k, &val), 0);
-    m = smtpsync__settings__unpack(NULL, val.mv_size, val.mv_data);
+    assert_int_equal(mdb_get(txn, dbi, &key, &val), 0);
+    m = protobuf_c_message_unpack(desc, NULL, val.mv_size, val.mv_data);
     assert_non_null(m);
     edit(m, arg);
-    val.mv_size = smtpsync__settings__get_packed_size(m);
+    val.mv_size = protobuf_c_message_get_packed_size(m);
     buf = malloc(val.mv_size);
     assert_non_null(buf);
-    smtpsync__settings__pack(m, buf);
+    protobuf_c_message_pack(m, buf);
     val.mv_data = buf;
-    assert_int_equal(mdb_put(txn, dbi, &k, &val, 0), 0);
-    smtpsync__settings__free_unpacked(m, NULL);
+    assert_int_equal(mdb_put(txn, dbi, &key, &val, 0), 0);
+    protobuf_c_message_free_unpacked(m, NULL);
     free(buf);
     raw_commit(env, txn);
+}
+
+/* An edit of a typed message, carried through raw_edit(). */
+struct typed_edit {
+    void (*settings)(Smtpsync__Settings *m, void *arg);
+    void (*revision)(Smtpsync__Revision *m, void *arg);
+    void *arg;
+};
+
+static void typed_edit_apply(ProtobufCMessage *m, void *arg)
+{
+    struct typed_edit *t = arg;
+
+    if (t->settings != NULL)
+        t->settings((Smtpsync__Settings *)m, t->arg);
+    else
+        t->revision((Smtpsync__Revision *)m, t->arg);
+}
+
+/* Rewrites the Settings record under `key` in database `db` through `edit`. */
+static void raw_edit_record(const char *dir, const char *db, const char *key,
+                            void (*edit)(Smtpsync__Settings *m, void *arg), void *arg)
+{
+    struct typed_edit t = {.settings = edit, .arg = arg};
+    MDB_val k = {.mv_size = strlen(key), .mv_data = (void *)(uintptr_t)key};
+
+    raw_edit(dir, db, k, &smtpsync__settings__descriptor, typed_edit_apply, &t);
 }
 
 /* Puts raw bytes under `key` in database `db`. The store must be closed. */
@@ -827,34 +856,30 @@ static void test_store_chain_hash_recomputed(void **state)
     reopen(f);
 }
 
+/* Rewrites history row `rev` through `edit`. */
+static void raw_edit_history(const char *dir, uint64_t rev,
+                             void (*edit)(Smtpsync__Revision *m, void *arg), void *arg)
+{
+    struct typed_edit t = {.revision = edit, .arg = arg};
+    uint8_t kb[8];
+
+    raw_edit(dir, "history", rev_key(rev, kb), &smtpsync__revision__descriptor, typed_edit_apply,
+             &t);
+}
+
+static void set_comment(Smtpsync__Revision *r, void *arg)
+{
+    /* An absent string is protobuf-c's shared empty string, not ours. */
+    if (r->comment != protobuf_c_empty_string)
+        free(r->comment);
+    r->comment = strdup(arg);
+    assert_non_null(r->comment);
+}
+
 /* Rewrites history row `rev` with another comment, as a tamperer would. */
 static void tamper_history_comment(const char *dir, uint64_t rev)
 {
-    Smtpsync__Revision *r;
-    uint8_t kb[8], *buf;
-    char *saved;
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    MDB_val key, val;
-
-    raw_open(dir, "history", &env, &txn, &dbi);
-    key = rev_key(rev, kb);
-    assert_int_equal(mdb_get(txn, dbi, &key, &val), 0);
-    r = smtpsync__revision__unpack(NULL, val.mv_size, val.mv_data);
-    assert_non_null(r);
-    saved = r->comment;
-    r->comment = "nothing to see here";
-    val.mv_size = smtpsync__revision__get_packed_size(r);
-    buf = malloc(val.mv_size);
-    assert_non_null(buf);
-    smtpsync__revision__pack(r, buf);
-    val.mv_data = buf;
-    assert_int_equal(mdb_put(txn, dbi, &key, &val, 0), 0);
-    r->comment = saved;
-    smtpsync__revision__free_unpacked(r, NULL);
-    free(buf);
-    raw_commit(env, txn);
+    raw_edit_history(dir, rev, set_comment, "nothing to see here");
 }
 
 static void test_store_verify_detects_tampered_history(void **state)
@@ -872,38 +897,24 @@ static void test_store_verify_detects_tampered_history(void **state)
     assert_int_equal(store_verify(f->st), ERROR_CORRUPT);
 }
 
+static void rename_host(Smtpsync__Settings *m, void *arg)
+{
+    if (m->hostname != protobuf_c_empty_string)
+        free(m->hostname);
+    m->hostname = strdup(arg);
+    assert_non_null(m->hostname);
+}
+
 static void test_store_verify_detects_changed_record(void **state)
 {
     struct fixture *f = *state;
-    Smtpsync__Settings *m;
-    uint8_t *buf;
-    char *saved;
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    MDB_val key = {.mv_size = 6, .mv_data = "site-a"}, val;
 
     save_one(f->st, "site-a", "a.example.com", 25, NULL);
     store_close(f->st);
     f->st = NULL;
 
     /* A current record edited behind the store's back. */
-    raw_open(f->dir, "settings", &env, &txn, &dbi);
-    assert_int_equal(mdb_get(txn, dbi, &key, &val), 0);
-    m = smtpsync__settings__unpack(NULL, val.mv_size, val.mv_data);
-    assert_non_null(m);
-    saved = m->hostname;
-    m->hostname = "evil.example.com";
-    val.mv_size = smtpsync__settings__get_packed_size(m);
-    buf = malloc(val.mv_size);
-    assert_non_null(buf);
-    smtpsync__settings__pack(m, buf);
-    val.mv_data = buf;
-    assert_int_equal(mdb_put(txn, dbi, &key, &val, 0), 0);
-    m->hostname = saved;
-    smtpsync__settings__free_unpacked(m, NULL);
-    free(buf);
-    raw_commit(env, txn);
+    raw_edit_record(f->dir, "settings", "site-a", rename_host, "evil.example.com");
 
     reopen(f);
     assert_int_equal(store_verify(f->st), ERROR_CORRUPT);
@@ -1053,16 +1064,17 @@ static void test_store_map_grows(void **state)
     free(pem);
 }
 
+static void flip_sealed_bit(Smtpsync__Settings *m, void *arg)
+{
+    (void)arg;
+    assert_non_null(m->password);
+    m->password->sealed.data[m->password->sealed.len - 1] ^= 0x01;
+}
+
 static void test_store_tampered_secret_refused(void **state)
 {
     struct fixture *f = *state;
-    Smtpsync__Settings *m;
     struct settings out;
-    uint8_t *buf;
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    MDB_val key = {.mv_size = 6, .mv_data = "site-a"}, val;
 
     settings_init(&out);
     save_one(f->st, "site-a", "a.example.com", 25, SECRET_TEXT);
@@ -1070,21 +1082,7 @@ static void test_store_tampered_secret_refused(void **state)
     store_close(f->st);
     f->st = NULL;
 
-    raw_open(f->dir, "settings", &env, &txn, &dbi);
-    assert_int_equal(mdb_get(txn, dbi, &key, &val), 0);
-    m = smtpsync__settings__unpack(NULL, val.mv_size, val.mv_data);
-    assert_non_null(m);
-    assert_non_null(m->password);
-    m->password->sealed.data[m->password->sealed.len / 2] ^= 0x01;
-    val.mv_size = smtpsync__settings__get_packed_size(m);
-    buf = malloc(val.mv_size);
-    assert_non_null(buf);
-    smtpsync__settings__pack(m, buf);
-    val.mv_data = buf;
-    assert_int_equal(mdb_put(txn, dbi, &key, &val, 0), 0);
-    smtpsync__settings__free_unpacked(m, NULL);
-    free(buf);
-    raw_commit(env, txn);
+    raw_edit_record(f->dir, "settings", "site-a", flip_sealed_bit, NULL);
 
     reopen(f);
     assert_int_equal(store_get(f->st, "site-a", 0, STORE_UNSEAL, &out), ERROR_TAMPERED);
@@ -1357,37 +1355,18 @@ static void history_blob(const char *dir, uint64_t rev, struct blob *b)
     mdb_env_close(env);
 }
 
+static void put_sealed_in_change(Smtpsync__Revision *r, void *arg)
+{
+    put_sealed(r->changes[0]->settings, arg);
+}
+
 /* Copies the sealed blob of history row `from` into history row `to`. */
 static void swap_history_blob(const char *dir, uint64_t from, uint64_t to)
 {
-    Smtpsync__Revision *a, *b;
-    ProtobufCBinaryData saved;
-    uint8_t ka[8], kb2[8], *buf;
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    MDB_val key_a = rev_key(from, ka), key_b = rev_key(to, kb2), va, vb;
+    struct blob b = {0};
 
-    raw_open(dir, "history", &env, &txn, &dbi);
-    assert_int_equal(mdb_get(txn, dbi, &key_a, &va), 0);
-    a = smtpsync__revision__unpack(NULL, va.mv_size, va.mv_data);
-    assert_int_equal(mdb_get(txn, dbi, &key_b, &vb), 0);
-    b = smtpsync__revision__unpack(NULL, vb.mv_size, vb.mv_data);
-    assert_non_null(a);
-    assert_non_null(b);
-    saved = b->changes[0]->settings->password->sealed;
-    b->changes[0]->settings->password->sealed = a->changes[0]->settings->password->sealed;
-    vb.mv_size = smtpsync__revision__get_packed_size(b);
-    buf = malloc(vb.mv_size);
-    assert_non_null(buf);
-    smtpsync__revision__pack(b, buf);
-    vb.mv_data = buf;
-    assert_int_equal(mdb_put(txn, dbi, &key_b, &vb, 0), 0);
-    b->changes[0]->settings->password->sealed = saved;
-    smtpsync__revision__free_unpacked(a, NULL);
-    smtpsync__revision__free_unpacked(b, NULL);
-    free(buf);
-    raw_commit(env, txn);
+    history_blob(dir, from, &b);
+    raw_edit_history(dir, to, put_sealed_in_change, &b);
 }
 
 /* The reviewer's case: an older revision's sealed password put into the
@@ -1419,13 +1398,6 @@ static void test_store_old_secret_swapped_in_refused(void **state)
         assert_true(rc == ERROR_TAMPERED || rc == ERROR_CORRUPT);
     }
     settings_clear(&out);
-}
-
-static void flip_sealed_bit(Smtpsync__Settings *m, void *arg)
-{
-    (void)arg;
-    assert_non_null(m->password);
-    m->password->sealed.data[m->password->sealed.len - 1] ^= 0x01;
 }
 
 static void set_port_70000(Smtpsync__Settings *m, void *arg)
@@ -1489,13 +1461,6 @@ static void test_store_commit_refuses_control_characters(void **state)
 
 /* ------------------------------------------------------------------------ */
 /* The snapshot's digest. */
-
-static void rename_host(Smtpsync__Settings *m, void *arg)
-{
-    free(m->hostname);
-    m->hostname = strdup(arg);
-    assert_non_null(m->hostname);
-}
 
 static void compacted_store(struct fixture *f)
 {
