@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -68,6 +69,49 @@ int ctl_store_open(struct ctl *ctl, bool create)
         ctl_errorf("cannot open store in %s: %s", qdir, error_str(err));
     }
     return CTL_EXIT_FAIL;
+}
+
+int ctl_parse_revision(const char *what, const char *text, uint64_t head, const char *usage,
+                       uint64_t *out)
+{
+    char q[96];
+
+    if (ctl_parse_u64(text, 1, UINT64_MAX, out) < 0)
+        return ctl_usage_error(usage, "%s: '%s' is not a revision number (1, 2, ...)", what,
+                               ctl_quote(text, q, sizeof(q)));
+    if (*out > head) {
+        if (head == 0)
+            ctl_errorf("%s: revision %" PRIu64 " does not exist (nothing has been saved yet)", what,
+                       *out);
+        else
+            ctl_errorf("%s: revision %" PRIu64 " does not exist (the newest is %" PRIu64 ")", what,
+                       *out, head);
+        return CTL_EXIT_FAIL;
+    }
+    return CTL_EXIT_OK;
+}
+
+void ctl_revision_error(const char *doing, int err, uint64_t base)
+{
+    if (err == ERROR_COMPACTED)
+        ctl_errorf("cannot %s: %s (the oldest revision still kept is %" PRIu64 ")", doing,
+                   error_str(err), base + 1);
+    else
+        ctl_errorf("cannot %s: %s", doing, error_str(err));
+}
+
+int ctl_store_open_info(struct ctl *ctl, struct store_info *info)
+{
+    int err, rc;
+
+    if ((rc = ctl_store_open(ctl, false)) != CTL_EXIT_OK)
+        return rc;
+    err = store_info(ctl->store, info);
+    if (err < 0) {
+        ctl_errorf("cannot read the store: %s", error_str(err));
+        return CTL_EXIT_FAIL;
+    }
+    return CTL_EXIT_OK;
 }
 
 /* Why a file of this type cannot be read as input, or NULL if it can. */

@@ -52,6 +52,23 @@ typedef int (*ctl_verb_fn)(struct ctl *ctl, int argc, char **argv);
  */
 int ctl_store_open(struct ctl *ctl, bool create);
 
+/* ctl_store_open() without `create`, then store_info() into *info. Prints
+ * any error; returns the exit status. */
+int ctl_store_open_info(struct ctl *ctl, struct store_info *info);
+
+/*
+ * Parses a revision argument `text` (named `what` in messages): a number
+ * from 1 up to `head`, the newest revision (UINT64_MAX: syntax only, before
+ * the store is open). Prints the problem; returns CTL_EXIT_OK, or
+ * CTL_EXIT_USAGE for a malformed number, CTL_EXIT_FAIL beyond the head.
+ */
+int ctl_parse_revision(const char *what, const char *text, uint64_t head, const char *usage,
+                       uint64_t *out);
+
+/* Prints the error of a store call about revisions (`doing`: "roll back"),
+ * naming the oldest revision still kept when it was compacted away. */
+void ctl_revision_error(const char *doing, int err, uint64_t base);
+
 /*
  * Opens a file the user named as input: a regular file, or a FIFO or pipe
  * (so `--password-file <(pass show smtp)` works). The open is non-blocking,

@@ -49,52 +49,6 @@ enum {
     OPT_COMMENT,
 };
 
-/* Parses a revision argument: 1 up to the newest revision. Prints the
- * problem; returns the exit status to use, or CTL_EXIT_OK. */
-static int parse_revision(const char *what, const char *text, uint64_t head, const char *usage,
-                          uint64_t *out)
-{
-    char q[96];
-
-    if (ctl_parse_u64(text, 1, UINT64_MAX, out) < 0)
-        return ctl_usage_error(usage, "%s: '%s' is not a revision number (1, 2, ...)", what,
-                               ctl_quote(text, q, sizeof(q)));
-    if (*out > head) {
-        if (head == 0)
-            ctl_errorf("%s: revision %" PRIu64 " does not exist (nothing has been saved yet)", what,
-                       *out);
-        else
-            ctl_errorf("%s: revision %" PRIu64 " does not exist (the newest is %" PRIu64 ")", what,
-                       *out, head);
-        return CTL_EXIT_FAIL;
-    }
-    return CTL_EXIT_OK;
-}
-
-/* The message for an error from a store call about revisions. */
-static void revision_error(const char *doing, int err, uint64_t base)
-{
-    if (err == ERROR_COMPACTED)
-        ctl_errorf("cannot %s: %s (the oldest revision still kept is %" PRIu64 ")", doing,
-                   error_str(err), base + 1);
-    else
-        ctl_errorf("cannot %s: %s", doing, error_str(err));
-}
-
-static int open_and_info(struct ctl *ctl, struct store_info *info)
-{
-    int err, rc;
-
-    if ((rc = ctl_store_open(ctl, false)) != CTL_EXIT_OK)
-        return rc;
-    err = store_info(ctl->store, info);
-    if (err < 0) {
-        ctl_errorf("cannot read the store: %s", error_str(err));
-        return CTL_EXIT_FAIL;
-    }
-    return CTL_EXIT_OK;
-}
-
 /* --- history -------------------------------------------------------------- */
 
 struct history_ctx {
@@ -236,7 +190,7 @@ int ctl_history_main(struct ctl *ctl, int argc, char **argv)
     if (optind < argc)
         return ctl_usage_error(ctl_history_usage, "history: unexpected argument '%s'",
                                ctl_quote(argv[optind], q, sizeof(q)));
-    if ((rc = open_and_info(ctl, &info)) != CTL_EXIT_OK)
+    if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         return rc;
 
     if (ctl->json && (hc.rows = cJSON_CreateArray()) == NULL) {
@@ -322,13 +276,13 @@ int ctl_diff_main(struct ctl *ctl, int argc, char **argv)
     /* Syntax first, so a malformed number is a usage error even when the
      * store cannot be opened. */
     if (ctl_parse_u64(argv[optind], 1, UINT64_MAX, &from) < 0)
-        return parse_revision("R1", argv[optind], UINT64_MAX, ctl_diff_usage, &from);
+        return ctl_parse_revision("R1", argv[optind], UINT64_MAX, ctl_diff_usage, &from);
     if (ctl_parse_u64(argv[optind + 1], 1, UINT64_MAX, &to) < 0)
-        return parse_revision("R2", argv[optind + 1], UINT64_MAX, ctl_diff_usage, &to);
-    if ((rc = open_and_info(ctl, &info)) != CTL_EXIT_OK)
+        return ctl_parse_revision("R2", argv[optind + 1], UINT64_MAX, ctl_diff_usage, &to);
+    if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         return rc;
-    if ((rc = parse_revision("R1", argv[optind], info.revision, ctl_diff_usage, &from)) != 0 ||
-        (rc = parse_revision("R2", argv[optind + 1], info.revision, ctl_diff_usage, &to)) != 0)
+    if ((rc = ctl_parse_revision("R1", argv[optind], info.revision, ctl_diff_usage, &from)) != 0 ||
+        (rc = ctl_parse_revision("R2", argv[optind + 1], info.revision, ctl_diff_usage, &to)) != 0)
         return rc;
 
     if (ctl->json && (dc.rows = cJSON_CreateArray()) == NULL) {
@@ -338,7 +292,7 @@ int ctl_diff_main(struct ctl *ctl, int argc, char **argv)
     err = store_diff(ctl->store, from, to, diff_row, &dc);
     if (err < 0) {
         cJSON_Delete(dc.rows);
-        revision_error("compare revisions", err, info.base_revision);
+        ctl_revision_error("compare revisions", err, info.base_revision);
         return CTL_EXIT_FAIL;
     }
     if (dc.rows != NULL)
@@ -383,12 +337,13 @@ int ctl_rollback_main(struct ctl *ctl, int argc, char **argv)
     if (argc - optind != 1)
         return ctl_usage_error(ctl_rollback_usage, "rollback: give one revision R");
     if (ctl_parse_u64(argv[optind], 1, UINT64_MAX, &target) < 0)
-        return parse_revision("R", argv[optind], UINT64_MAX, ctl_rollback_usage, &target);
+        return ctl_parse_revision("R", argv[optind], UINT64_MAX, ctl_rollback_usage, &target);
     if (comment != NULL && !ctl_comment_ok(comment))
         return CTL_EXIT_USAGE;
-    if ((rc = open_and_info(ctl, &info)) != CTL_EXIT_OK)
+    if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         return rc;
-    if ((rc = parse_revision("R", argv[optind], info.revision, ctl_rollback_usage, &target)) != 0)
+    if ((rc = ctl_parse_revision("R", argv[optind], info.revision, ctl_rollback_usage, &target)) !=
+        0)
         return rc;
 
     store_local_actor(actor, sizeof(actor));
@@ -400,7 +355,7 @@ int ctl_rollback_main(struct ctl *ctl, int argc, char **argv)
         return CTL_EXIT_FAIL;
     }
     if (err < 0) {
-        revision_error("roll back", err, info.base_revision);
+        ctl_revision_error("roll back", err, info.base_revision);
         return CTL_EXIT_FAIL;
     }
     if (ctl->json) {

@@ -660,26 +660,17 @@ static int settings_show(struct ctl *ctl, int argc, char **argv)
                              "settings show: --draft and --revision exclude each other");
         goto free_names;
     }
-    if (revision_arg != NULL && ctl_parse_u64(revision_arg, 1, UINT64_MAX, &revision) < 0) {
-        rc = ctl_usage_error(ctl_settings_show_usage,
-                             "settings show: --revision: '%s' is not a revision number (1, 2, "
-                             "...)",
-                             ctl_quote(revision_arg, q, sizeof(q)));
+    if (revision_arg != NULL &&
+        (rc = ctl_parse_revision("--revision", revision_arg, UINT64_MAX, ctl_settings_show_usage,
+                                 &revision)) != CTL_EXIT_OK)
         goto free_names;
-    }
-    if ((rc = ctl_store_open(ctl, false)) != CTL_EXIT_OK)
+    if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
+        goto free_names;
+    if (revision_arg != NULL &&
+        (rc = ctl_parse_revision("--revision", revision_arg, info.revision, ctl_settings_show_usage,
+                                 &revision)) != CTL_EXIT_OK)
         goto free_names;
     rc = CTL_EXIT_FAIL;
-    err = store_info(ctl->store, &info);
-    if (err < 0) {
-        ctl_errorf("cannot read the store: %s", error_str(err));
-        goto free_names;
-    }
-    if (revision > info.revision) {
-        ctl_errorf("--revision: revision %" PRIu64 " does not exist (the newest is %" PRIu64 ")",
-                   revision, info.revision);
-        goto free_names;
-    }
 
     if (ctl->json) {
         doc = cJSON_CreateObject();
@@ -743,7 +734,7 @@ static int settings_show(struct ctl *ctl, int argc, char **argv)
     goto free_doc;
 
 render_error:
-    ctl_errorf("cannot show the settings: %s", error_str(err));
+    ctl_revision_error("show the settings", err, info.base_revision);
 free_doc:
     cJSON_Delete(doc);
 free_names:
@@ -893,11 +884,9 @@ static int settings_discard(struct ctl *ctl, int argc, char **argv)
                                ctl_quote(argv[optind], q, sizeof(q)));
     if (instance != NULL && !instance_ok(instance))
         return CTL_EXIT_USAGE;
-    if ((rc = ctl_store_open(ctl, false)) != CTL_EXIT_OK)
+    if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         return rc;
-    err = store_info(ctl->store, &info);
-    if (err == 0)
-        err = store_draft_discard(ctl->store, instance);
+    err = store_draft_discard(ctl->store, instance);
     if (err == ERROR_NOT_FOUND) {
         if (instance != NULL)
             ctl_errorf("instance %s has no draft", ctl_quote(instance, q, sizeof(q)));

@@ -311,6 +311,7 @@ assert_exit "diff beyond head" 1
 assert_contains "diff beyond head" "$ERR" "revision 99 does not exist"
 ctl settings show --revision 18446744073709551615
 assert_exit "show --revision max" 1
+assert_contains "show --revision max" "$ERR" "--revision: revision 18446744073709551615 does not exist (the newest is 1)"
 ctl diff 1
 assert_exit "diff with one revision" 2
 ctl rollback
