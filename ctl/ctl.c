@@ -501,3 +501,15 @@ int ctl_getopt(int argc, char **argv, const char *optstring, const struct option
     }
     return c;
 }
+
+const char *ctl_socket_path(const struct ctl *ctl)
+{
+    const char *env;
+
+    if (ctl->socket != NULL)
+        return ctl->socket;
+    env = getenv("SMTPSYNC_SOCKET");
+    if (env != NULL && env[0] != '\0')
+        return env;
+    return CTL_SOCKET_DEFAULT;
+}

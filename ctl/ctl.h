@@ -36,7 +36,15 @@ struct ctl {
     bool json;            /* --json, global or given to a read verb */
     struct store *store;  /* owned; opened by ctl_store_open, closed by main */
     int argi;             /* index on the command line of the verb's argv[0] */
+    /* --socket or SMTPSYNC_SOCKET: the local daemon's submission socket;
+     * NULL: CTL_SOCKET_DEFAULT. Used by send, sendmail and queue. */
+    const char *socket;
 };
+
+#define CTL_SOCKET_DEFAULT "/run/smtpsync/submit.sock"
+
+/* The submission socket path for this run (see struct ctl). */
+const char *ctl_socket_path(const struct ctl *ctl);
 
 /* A verb: argv[0] is the verb's own name (for messages and getopt). Returns
  * the exit status. */
@@ -127,17 +135,25 @@ int ctl_parse_u64(const char *text, uint64_t min, uint64_t max, uint64_t *out);
  */
 int ctl_getopt(int argc, char **argv, const char *optstring, const struct option *longopts);
 
-/* Verbs (ctl_settings.c, ctl_history.c). */
+/* Verbs (ctl_settings.c, ctl_history.c, ctl_test.c, ctl_send.c, ctl_queue.c). */
 int ctl_settings_main(struct ctl *ctl, int argc, char **argv);
 int ctl_history_main(struct ctl *ctl, int argc, char **argv);
 int ctl_diff_main(struct ctl *ctl, int argc, char **argv);
 int ctl_rollback_main(struct ctl *ctl, int argc, char **argv);
+int ctl_settings_test(struct ctl *ctl, int argc, char **argv); /* settings test */
+int ctl_send_main(struct ctl *ctl, int argc, char **argv);
+int ctl_sendmail_main(struct ctl *ctl, int argc, char **argv);
+int ctl_queue_main(struct ctl *ctl, int argc, char **argv);
 
 /* Usage texts, also printed by `smtpsyncctl help VERB`. */
 extern const char ctl_settings_usage[];
 extern const char ctl_settings_set_usage[];
 extern const char ctl_settings_import_usage[];
 extern const char ctl_settings_show_usage[];
+extern const char ctl_settings_test_usage[];
+extern const char ctl_send_usage[];
+extern const char ctl_sendmail_usage[];
+extern const char ctl_queue_usage[];
 extern const char ctl_settings_save_usage[];
 extern const char ctl_settings_discard_usage[];
 extern const char ctl_history_usage[];

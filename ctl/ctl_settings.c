@@ -30,6 +30,7 @@ const char ctl_settings_usage[] =
     "  show         print saved settings, an older revision, or the drafts\n"
     "  save         save drafts as a new revision\n"
     "  discard      throw drafts away\n"
+    "  test         Test Connection: try an instance's settings step by step\n"
     "\n"
     "`smtpsyncctl settings SUBCOMMAND --help` describes each.\n";
 
@@ -912,7 +913,7 @@ static const struct {
     ctl_verb_fn run;
 } settings_verbs[] = {
     {"set", settings_set},   {"import-cert", settings_import_cert}, {"show", settings_show},
-    {"save", settings_save}, {"discard", settings_discard},
+    {"save", settings_save}, {"discard", settings_discard},         {"test", ctl_settings_test},
 };
 
 int ctl_settings_main(struct ctl *ctl, int argc, char **argv)

@@ -18,13 +18,15 @@
 #endif
 
 static const char usage[] =
-    "usage: smtpsyncctl [--data-dir DIR] [--json] [--key-file F] VERB [options]\n"
+    "usage: smtpsyncctl [--data-dir DIR] [--json] [--key-file F] [--socket PATH] VERB [options]\n"
     "\n"
     "Administers the SMTP settings of an smtpsync deployment.\n"
     "\n"
     "global options (before the verb):\n"
     "  --data-dir DIR   work on the store in DIR (or set SMTPSYNC_DATA_DIR)\n"
     "  --key-file F     node key that seals passwords (default DIR/node.key)\n"
+    "  --socket PATH    the local daemon's submission socket (or set SMTPSYNC_SOCKET;\n"
+    "                   default " CTL_SOCKET_DEFAULT ")\n"
     "  --json           machine-readable output for read verbs\n"
     "  --version        print the version\n"
     "  --help           print this help\n"
@@ -35,9 +37,13 @@ static const char usage[] =
     "  settings show         print saved settings, an old revision or the drafts\n"
     "  settings save         save drafts as a new revision\n"
     "  settings discard      throw drafts away\n"
+    "  settings test         Test Connection: try an instance's settings step by step\n"
     "  history               list the saved revisions\n"
     "  diff R1 R2            fields that differ between two revisions\n"
     "  rollback R            make revision R current again, as a new revision\n"
+    "  send                  submit a mail to the local daemon\n"
+    "  sendmail -t           submit an RFC 5322 message from standard input\n"
+    "  queue                 list, retry or drop the local daemon's mail\n"
     "  help [VERB...]        print this help, or the help of a verb\n"
     "\n"
     "`smtpsyncctl VERB --help` describes each verb. Remote mode (--server) is not\n"
@@ -52,6 +58,9 @@ static const struct {
     {"history", ctl_history_main, ctl_history_usage},
     {"diff", ctl_diff_main, ctl_diff_usage},
     {"rollback", ctl_rollback_main, ctl_rollback_usage},
+    {"send", ctl_send_main, ctl_send_usage},
+    {"sendmail", ctl_sendmail_main, ctl_sendmail_usage},
+    {"queue", ctl_queue_main, ctl_queue_usage},
 };
 
 #define N_VERBS (sizeof(verbs) / sizeof(verbs[0]))
@@ -62,7 +71,7 @@ static const struct {
 } settings_help[] = {
     {"set", ctl_settings_set_usage},         {"import-cert", ctl_settings_import_usage},
     {"show", ctl_settings_show_usage},       {"save", ctl_settings_save_usage},
-    {"discard", ctl_settings_discard_usage},
+    {"discard", ctl_settings_discard_usage}, {"test", ctl_settings_test_usage},
 };
 
 /* Keeps secrets out of core dumps and away from ptrace by other users'
@@ -111,6 +120,7 @@ enum {
     OPT_KEY_FILE,
     OPT_JSON,
     OPT_SERVER,
+    OPT_SOCKET,
     OPT_VERSION,
 };
 
@@ -122,6 +132,7 @@ static int run(struct ctl *ctl, int argc, char **argv)
         {"key-file", required_argument, NULL, OPT_KEY_FILE},
         {"json", no_argument, NULL, OPT_JSON},
         {"server", required_argument, NULL, OPT_SERVER},
+        {"socket", required_argument, NULL, OPT_SOCKET},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
@@ -147,6 +158,9 @@ static int run(struct ctl *ctl, int argc, char **argv)
         case OPT_SERVER:
             ctl_errorf("remote mode (--server) is not available yet; use --data-dir");
             return CTL_EXIT_USAGE;
+        case OPT_SOCKET:
+            ctl->socket = optarg;
+            break;
         case OPT_VERSION:
             printf("smtpsyncctl %s\n", SMTPSYNC_VERSION);
             return CTL_EXIT_OK;
@@ -186,7 +200,7 @@ static int run(struct ctl *ctl, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    struct ctl ctl = {NULL, NULL, false, NULL, 0};
+    struct ctl ctl = {NULL, NULL, false, NULL, 0, NULL};
     int rc, err;
 
     harden();

@@ -247,9 +247,6 @@ no_draft "passwords" site-c
 ctl frobnicate
 assert_exit "unknown verb" 2
 assert_contains "unknown verb" "$ERR" "unknown verb 'frobnicate'"
-ctl settings test --instance primary
-assert_exit "settings test is not there yet" 2
-assert_contains "settings test" "$ERR" "unknown subcommand 'test'"
 ctl settings
 assert_exit "settings without subcommand" 2
 run "$SMTPSYNCCTL"

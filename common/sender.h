@@ -1,0 +1,80 @@
+/*
+ * sender: drains the node's outbox with the node's own settings.
+ *
+ * The sender reads the instance's record (with its password) from the
+ * node's local store, never from another node, so mail keeps flowing while
+ * the primary is unreachable. It checks the store's revision before each
+ * batch and whenever sender_settings_changed() is called, so a new revision
+ * (saved locally or replicated) is used without a restart; sessions open
+ * at that moment finish their current message and close.
+ *
+ * Scheduling: due messages are taken from the outbox, tokencodes first, and
+ * handed to at most `max_sessions` concurrent SMTP sessions (smtp_client),
+ * each of which sends queued messages one after another on the same
+ * connection (up to `max_per_session`) before QUIT. Outcomes:
+ *   - accepted (250 after DATA)        -> delivered, removed
+ *   - 4xx, connection/TLS failures     -> deferred: backoff_delay() from
+ *                                         retry_initial_ms up to retry_max_ms
+ *   - 5xx (every recipient or DATA)    -> dead, with the server's reply
+ *   - expired                          -> dead ("expired after N attempts")
+ *   - no record for the instance, or one that fails settings_validate()
+ *                                      -> dead ("invalid settings: ...")
+ * When some recipients are refused with 5xx and others accepted, the
+ * message is delivered to the accepted ones and the refusals are logged.
+ * Results are committed in batches (outbox_apply), at most one transaction
+ * per loop iteration.
+ *
+ * Ownership: the sender borrows the loop, the store and the outbox; they
+ * must outlive it. sender_stop() stops taking mail, lets sessions finish
+ * (or cancels them after drain_ms) and calls `done` once nothing is left;
+ * the sender is freed after `done` returns.
+ */
+#ifndef SMTPSYNC_SENDER_H
+#define SMTPSYNC_SENDER_H
+
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "backoff.h"
+#include "outbox.h"
+#include "store.h"
+
+struct sender;
+
+struct sender_params {
+    uv_loop_t *loop;
+    struct store *store;
+    struct outbox *outbox;
+    const char *instance;      /* whose settings to use: the node id */
+    const char *helo;          /* EHLO name; NULL: this host's name */
+    unsigned max_sessions;     /* 0: 4 */
+    unsigned max_per_session;  /* 0: 100 */
+    uint64_t idle_ms;          /* keep an idle session open; 0: 2000 */
+    uint64_t retry_initial_ms; /* 0: 30 s */
+    uint64_t retry_max_ms;     /* 0: 1 h */
+    uint64_t drain_ms;         /* sender_stop() waits this long; 0: 10 s */
+    /* Injectable for tests; NULL: uv_now()-based wall clock / the system rng. */
+    int64_t (*now_ms)(void *arg);
+    void *now_arg;
+    const struct backoff_rng *rng;
+};
+
+/* Counters for status and metrics. */
+struct sender_stats {
+    uint64_t delivered, deferred, dead;
+    uint64_t sessions_opened, sessions_failed;
+    unsigned sessions_active;
+    uint64_t settings_revision; /* the revision in use; 0 before the first */
+    char last_error[512];       /* "" if none */
+};
+
+int sender_start(const struct sender_params *params, struct sender **out);
+/* New mail was submitted: look at the outbox now. */
+void sender_wake(struct sender *s);
+/* The store may have a new revision: reload the settings before the next session. */
+void sender_settings_changed(struct sender *s);
+void sender_stats(const struct sender *s, struct sender_stats *out);
+void sender_stop(struct sender *s, void (*done)(void *arg), void *arg);
+
+#endif
