@@ -8,6 +8,11 @@
  * store: what store.c (open, meta, records, reading), store_draft.c (drafts,
  * save) and store_history.c (states, chain hash, rollback, history, diff,
  * compaction, verification) share.
+ *
+ * smtp_client: what smtp_client.c (the state machine), smtp_client_conn.c
+ * (resolving, connecting, I/O, TLS), smtp_client_auth.c (AUTH mechanisms)
+ * and smtp_client_mail.c (the MAIL/RCPT/DATA transaction) share; at the
+ * end of this file.
  */
 #ifndef SMTPSYNC_COMMON_INTERNAL_H
 #define SMTPSYNC_COMMON_INTERNAL_H
@@ -19,12 +24,19 @@
 #include <time.h>
 
 #include <lmdb.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <uv.h>
 
 #include "error.h"
 #include "seal.h"
 #include "settings_pb.h"
 #include "settings.h"
+#include "smtp_client.h"
+#include "smtp_message.h"
+#include "smtp_reply.h"
 #include "store.h"
+#include "tlsio.h"
 
 /* settings.c */
 
@@ -189,5 +201,223 @@ int store__state_at(struct store *st, MDB_txn *txn, const struct store_meta *met
 int store__revision_commit(struct store *st, MDB_txn *txn, struct store_meta *meta,
                            const struct store_commit *commit, Smtpsync__Change **changes, size_t n,
                            uint64_t rollback_of, uint64_t *rev_out);
+
+/* smtp_client.c, smtp_client_conn.c, smtp_client_auth.c, smtp_client_mail.c */
+
+/*
+ * The session's states (STYLE.md, point 12): smtp_client__set_state()
+ * logs every change and runs the entry action of the new state.
+ */
+#define SMTP_CLIENT_STATE_MAP(XX)                                                                  \
+    XX(INIT)         /* not started */                                                             \
+    XX(RESOLVE)      /* uv_getaddrinfo() running */                                                \
+    XX(CONNECT)      /* connecting to c->ai_cur, or closing a failed attempt */                    \
+    XX(TLS)          /* implicit TLS handshake */                                                  \
+    XX(GREETING)     /* waiting for the banner */                                                  \
+    XX(EHLO)         /* EHLO sent */                                                               \
+    XX(HELO)         /* HELO sent after EHLO was refused */                                        \
+    XX(STARTTLS)     /* STARTTLS sent */                                                           \
+    XX(STARTTLS_TLS) /* handshake after the 220 to STARTTLS */                                     \
+    XX(AUTH)         /* an AUTH exchange, c->auth_mech at c->auth_stage */                         \
+    XX(READY)        /* asking on_next() for a message */                                          \
+    XX(IDLE)         /* no message: waiting idle_ms for smtp_client_kick() */                      \
+    XX(RSET)         /* RSET sent after a failed transaction */                                    \
+    XX(MAIL)         /* waiting for the reply to MAIL */                                           \
+    XX(RCPT)         /* waiting for the reply to RCPT c->rcpt_next */                              \
+    XX(DATA)         /* waiting for the reply to DATA */                                           \
+    XX(BODY)         /* writing the message */                                                     \
+    XX(DOT)          /* waiting for the reply to the final dot */                                  \
+    XX(QUIT)         /* QUIT sent */                                                               \
+    XX(CLOSING)      /* handles closing; on_closed() when the last one is */                       \
+    XX(CLOSED)       /* on_closed() called: the client is being freed */
+
+enum smtp_client_state {
+#define XX(name) SMTP_CLIENT_##name,
+    SMTP_CLIENT_STATE_MAP(XX)
+#undef XX
+};
+
+/* AUTH mechanisms, as a bit set of what the server offers. */
+enum {
+    SMTP_CLIENT_AUTH_PLAIN = 1u << 0,
+    SMTP_CLIENT_AUTH_LOGIN = 1u << 1,
+    SMTP_CLIENT_AUTH_CRAM_MD5 = 1u << 2,
+};
+
+/* What an EHLO reply advertised. Forgotten after STARTTLS. */
+struct smtp_client_caps {
+    bool pipelining;
+    bool starttls;
+    bool eight_bit;
+    bool smtputf8;
+    bool size;                             /* SIZE offered */
+    uint64_t size_max;                     /* its limit; 0: none given */
+    unsigned auth;                         /* SMTP_CLIENT_AUTH_* */
+    char text[SMTP_CLIENT_REPLY_TEXT_MAX]; /* "PIPELINING, SIZE 1000, ..." for the step */
+};
+
+#define SMTP_CLIENT__COMMAND_MAX 2048 /* AUTH PLAIN of the longest user and password fits */
+#define SMTP_CLIENT__READ_MAX    (64 * 1024)
+#define SMTP_CLIENT__BODY_CHUNK  (16 * 1024)  /* message octets dot-stuffed per write */
+#define SMTP_CLIENT__INFLIGHT    (256 * 1024) /* octets written but not yet sent */
+
+struct smtp_client {
+    uv_loop_t *loop;
+    enum smtp_client_state state;
+    struct smtp_client_callbacks cb;
+    void *ctx;
+
+    /* The copied parameters. */
+    struct settings settings;
+    char host[SETTINGS_HOSTNAME_MAX + 1]; /* bare: an IPv6 literal without [ ] */
+    char helo[SETTINGS_HOSTNAME_MAX + 3];
+    uint32_t port;
+    uint64_t idle_ms;
+    bool verbose_steps;
+    bool implicit_tls;  /* smtps_enabled, tls_mode=strict */
+    bool want_starttls; /* smtps_enabled, tls_mode=starttls */
+
+    /* Handles and requests, embedded (STYLE.md, point 10). */
+    uv_getaddrinfo_t gai;
+    uv_connect_t connect;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uint64_t timer_ms; /* what it was armed with, for a reason */
+    bool gai_pending;
+    bool tcp_open; /* tcp initialised and not yet closed */
+    int closes;    /* uv_close() callbacks still to come */
+    struct addrinfo *ai, *ai_cur;
+    char peer[INET6_ADDRSTRLEN + 16];      /* "[::1]:25" of the current attempt */
+    char attempts[SMTP_CLIENT_REASON_MAX]; /* failed attempts, for the reason */
+    bool attempt_timed_out;                /* every attempt so far timed out */
+
+    /* TLS: ssl_ctx from start; tls once a handshake starts. */
+    SSL_CTX *ssl_ctx;
+    struct tlsio *tls;
+    bool tls_on;   /* handshake complete */
+    size_t tls_rx; /* octets received since the handshake started */
+
+    /* Replies. */
+    struct smtp_reply reply;
+    size_t rx_left; /* octets after the reply being handled, in the same read */
+    struct smtp_client_caps caps;
+
+    /* AUTH. */
+    unsigned auth_mech;
+    int auth_stage;
+
+    /* The transaction. */
+    const struct smtp_client_msg *msg;
+    struct smtp_client_rcpt_result *rcpts;
+    size_t rcpt_next; /* next RCPT reply expected (or command to send) */
+    size_t naccepted;
+    bool pipelined; /* the commands of this transaction went in one write */
+    bool mail_ok;   /* 2xx to MAIL */
+    bool need_rset; /* the last transaction failed on the server */
+    bool discard;   /* a 354 nobody wanted: the dot ends an empty DATA */
+    int fail_code;  /* the reply that failed the transaction so far, 0 if none */
+    char fail_reason[SMTP_CLIENT_REASON_MAX];
+    struct smtp_client_result result;
+    size_t body_off; /* octets of header_prefix + data dot-stuffed so far */
+    struct smtp_message_dotstuff dotstuff;
+    bool body_done;  /* the terminator is written */
+    size_t inflight; /* octets in uv_write() requests not yet complete */
+
+    /* Steps and the end. */
+    uint64_t step_start; /* uv_hrtime() */
+    enum smtp_fail fail;
+    char reason[SMTP_CLIENT_REASON_MAX];
+
+    char rbuf[SMTP_CLIENT__READ_MAX];               /* network reads */
+    char plain[SMTP_CLIENT__READ_MAX];              /* decrypted input */
+    char scratch[2 * SMTP_CLIENT__BODY_CHUNK + 16]; /* dot-stuffed output before TLS */
+};
+
+/* What reaches the state machine from the connection and the API; one
+ * function, smtp_client__event(), handles them all. */
+enum smtp_client_event {
+    SMTP_CLIENT_EV_CONNECTED, /* TCP connection established */
+    SMTP_CLIENT_EV_TLS_UP,    /* handshake complete, certificate verified */
+    SMTP_CLIENT_EV_REPLY,     /* a whole reply is in c->reply */
+    SMTP_CLIENT_EV_EOF,       /* the server closed the connection */
+    SMTP_CLIENT_EV_TIMEOUT,   /* the timer of the current phase fired */
+    SMTP_CLIENT_EV_KICK,      /* smtp_client_kick() */
+    SMTP_CLIENT_EV_CANCEL,    /* smtp_client_cancel() */
+};
+
+const char *smtp_client__state_name(enum smtp_client_state s);
+void smtp_client__event(struct smtp_client *c, enum smtp_client_event ev);
+/* Plaintext octets from the server (decrypted once TLS is on): replies are
+ * parsed and handed to the state machine one by one. */
+void smtp_client__input(struct smtp_client *c, const char *data, size_t len);
+/* After the last close or request: on_closed, then free (if ending). */
+void smtp_client__maybe_finalize(struct smtp_client *c);
+void smtp_client__set_state(struct smtp_client *c, enum smtp_client_state s);
+/* Arms the session's one timer for the current phase. */
+void smtp_client__arm(struct smtp_client *c, uint64_t ms);
+/* The timeout of a phase in ms: the setting, or RFC 5321's default. */
+uint64_t smtp_client__timeout(const struct smtp_client *c, enum settings_field f);
+
+/* Ends the session (no-op once ending): a held message gets on_done with
+ * the same failure, then the handles close and on_closed follows. */
+void smtp_client__finish(struct smtp_client *c, enum smtp_fail fail, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Sends octets (through TLS once on); on failure ends the session and
+ * returns its error. `secret` octets are wiped from the buffers after. */
+int smtp_client__send(struct smtp_client *c, const char *data, size_t len, bool secret);
+/* Formats one command, adds CRLF, logs it (not its arguments when
+ * secret) and sends it. */
+int smtp_client__command(struct smtp_client *c, bool secret, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Reports a step through on_step, with the time since the last one. */
+void smtp_client__step(struct smtp_client *c, enum smtp_client_step_kind kind, bool ok,
+                       enum smtp_fail fail, const char *detail, const char *reply);
+/* "4xx" -> SMTP_FAIL_REPLY_4XX, "5xx" -> SMTP_FAIL_REPLY_5XX. */
+enum smtp_fail smtp_client__fail_of(int code);
+/* The current reply as a reason: "<what>: 550 5.1.1 ...". */
+void smtp_client__reason(const struct smtp_client *c, char *buf, size_t len, const char *what);
+/* What the current reply answers, for a reason: "EHLO", "RCPT TO:<x>"... */
+void smtp_client__what(const struct smtp_client *c, char *buf, size_t len);
+/* An address, escaped, for a reason or a log line. */
+const char *smtp_client__quote(char *buf, size_t len, const char *s);
+
+/* smtp_client_conn.c */
+
+/* Starts uv_getaddrinfo() for c->host and c->port. */
+int smtp_client__resolve(struct smtp_client *c);
+/* Connects to the next address (from the first on); when none is left,
+ * ends the session with every attempt's failure. */
+void smtp_client__connect_next(struct smtp_client *c);
+/* Records a failed attempt for the CONNECT step and the reason. */
+void smtp_client__attempt_failed(struct smtp_client *c, const char *why, bool timed_out);
+/* Closes the TCP handle if open; smtp_client__on_close() follows. */
+void smtp_client__tcp_close(struct smtp_client *c);
+void smtp_client__on_close(uv_handle_t *h);
+/* Starts a TLS handshake on the connection (states TLS, STARTTLS_TLS). */
+void smtp_client__tls_start(struct smtp_client *c);
+
+/* smtp_client_auth.c */
+
+/* The mechanism to use from what is offered, or 0. */
+unsigned smtp_client__auth_choose(unsigned offered, bool tls);
+const char *smtp_client__auth_name(unsigned mech);
+/* Sends the first AUTH command of c->auth_mech. */
+void smtp_client__auth_start(struct smtp_client *c);
+/* A reply in the AUTH state: the next step, or the end of AUTH. */
+void smtp_client__auth_reply(struct smtp_client *c);
+
+/* smtp_client_mail.c */
+
+/* Starts the transaction of c->msg: false if it was refused before
+ * anything was sent (on_done was called, c->msg is NULL again). */
+bool smtp_client__mail_start(struct smtp_client *c);
+/* The entry action of MAIL, RCPT, DATA, BODY and DOT. */
+void smtp_client__mail_enter(struct smtp_client *c);
+/* A reply in the MAIL, RCPT, DATA, BODY or DOT state. */
+void smtp_client__mail_reply(struct smtp_client *c);
+/* Writes more of the message while little is in flight (state BODY). */
+void smtp_client__body_pump(struct smtp_client *c);
+/* Ends the transaction: on_done with c->result, then clears it. */
+void smtp_client__mail_done(struct smtp_client *c);
 
 #endif
