@@ -1,0 +1,167 @@
+/*
+ * node_main: the command line of both daemons (node.h, node_main()).
+ *
+ * Exit status: 0 after a clean stop, 1 when the node could not start or
+ * failed while running, 2 for a bad command line or configuration (every
+ * problem of the file printed, one per line, "PROG: FILE:LINE: message").
+ */
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "node.h"
+
+#ifndef SMTPSYNC_VERSION
+#define SMTPSYNC_VERSION "unknown"
+#endif
+
+#define USAGE_TEXT                                                                                 \
+    "usage: %s --config FILE [--log-level LEVEL] [--log-format text|json]\n"                       \
+    "\n"                                                                                           \
+    "The smtpsync %s daemon: delivers this node's mail with its own settings and\n"                \
+    "serves the local submission socket.\n"                                                        \
+    "\n"                                                                                           \
+    "  --config FILE        the INI configuration file (required)\n"                               \
+    "  --log-level LEVEL    debug, info, warn or error (overrides [log] level)\n"                  \
+    "  --log-format FORMAT  text or json (overrides [log] format)\n"                               \
+    "  --version            print the version\n"                                                   \
+    "  --help               print this help\n"                                                     \
+    "\n"                                                                                           \
+    "Signals: SIGTERM or SIGINT stop it (mail being sent is finished first);\n"                    \
+    "SIGHUP re-reads the configuration.\n"
+
+static int usage_error(const char *prog, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int usage_error(const char *prog, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s: ", prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr,
+            "\nusage: %s --config FILE [--log-level LEVEL] [--log-format text|json]\n"
+            "(--help prints every option)\n",
+            prog);
+    return NODE_EXIT_USAGE;
+}
+
+enum {
+    OPT_CONFIG = 256,
+    OPT_LOG_LEVEL,
+    OPT_LOG_FORMAT,
+    OPT_VERSION,
+    OPT_HELP,
+};
+
+static const struct option opts[] = {
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+/* getopt_long accepts abbreviations (--conf); only full names are ours, so
+ * a later option can never be shadowed by a prefix. */
+static const char *abbreviated(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        size_t n;
+        bool found = false;
+
+        if (strcmp(a, "--") == 0)
+            break;
+        if (strncmp(a, "--", 2) != 0)
+            continue;
+        n = strcspn(a + 2, "=");
+        for (const struct option *o = opts; o->name != NULL; o++)
+            if (strlen(o->name) == n && strncmp(o->name, a + 2, n) == 0)
+                found = true;
+        if (!found)
+            return a;
+    }
+    return NULL;
+}
+
+int node_main(enum node_role role, int argc, char **argv)
+{
+    const char *prog = role == NODE_ROLE_PRIMARY ? "smtpsync-primary" : "smtpsync-replica";
+    const char *config_path = NULL, *bad;
+    int log_level = -1, log_format = -1, c, rc;
+    struct config_problems problems;
+    struct config cfg;
+
+    log_init(prog, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+    if ((bad = abbreviated(argc, argv)) != NULL)
+        return usage_error(prog, "unknown option '%s'", bad);
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_CONFIG:
+            config_path = optarg;
+            break;
+        case OPT_LOG_LEVEL:
+            if ((log_level = log_level_parse(optarg)) < 0)
+                return usage_error(prog, "--log-level: '%s' is not debug, info, warn or error",
+                                   optarg);
+            break;
+        case OPT_LOG_FORMAT:
+            if (strcmp(optarg, "text") == 0)
+                log_format = LOG_FORMAT_TEXT;
+            else if (strcmp(optarg, "json") == 0)
+                log_format = LOG_FORMAT_JSON;
+            else
+                return usage_error(prog, "--log-format: '%s' is not text or json", optarg);
+            break;
+        case OPT_VERSION:
+            printf("%s %s\n", prog, SMTPSYNC_VERSION);
+            return NODE_EXIT_OK;
+        case OPT_HELP:
+            printf(USAGE_TEXT, prog, node_role_name(role));
+            return NODE_EXIT_OK;
+        case ':':
+            return usage_error(prog, "option '%s' needs a value", argv[optind - 1]);
+        default:
+            return usage_error(prog, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return usage_error(prog, "unexpected argument '%s'", argv[optind]);
+    if (config_path == NULL)
+        return usage_error(prog, "%s", "--config FILE is required");
+
+    config_problems_init(&problems);
+    if (config_load(config_path, &cfg, &problems) != 0) {
+        for (size_t i = 0; i < problems.count; i++)
+            fprintf(stderr, "%s: %s\n", prog, problems.lines[i]);
+        if (problems.dropped > 0)
+            fprintf(stderr, "%s: %s: ... and %zu more problems\n", prog, config_path,
+                    problems.dropped);
+        config_problems_free(&problems);
+        config_clear(&cfg);
+        return NODE_EXIT_USAGE;
+    }
+    config_problems_free(&problems);
+
+    struct node_params params = {
+        .role = role,
+        .progname = prog,
+        .config_path = config_path,
+        .cfg = &cfg,
+        .log_level = log_level,
+        .log_format = log_format,
+    };
+    rc = node_run(&params);
+    config_clear(&cfg);
+    return rc;
+}
