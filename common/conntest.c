@@ -1,37 +1,38 @@
 /*
  * conntest: Test Connection (conntest.h). One smtp_client session with
  * verbose steps sends one short test mail; every step the client reports
- * becomes a TestStep, and a failed one gets a diagnosis written from the
- * failure kind, the step, the server's reply and the settings (host, port,
- * TLS mode, user, recipient).
+ * becomes a TestStep, and a failed one gets a diagnosis (conntest_diag.c)
+ * written from the failure kind, the step, the server's reply and the
+ * settings (host, port, TLS mode, user, recipient). The client reports the
+ * step it failed at, so nothing here guesses it (fallback_kind() is a last
+ * resort for a failure reported without one).
  *
  * Nothing secret reaches the result: the client's details never hold one,
  * and the server's text, which a hostile server could make echo what it
  * was sent, is scrubbed of the password and of the base64 forms AUTH LOGIN
  * and AUTH PLAIN send it in before it is recorded.
  */
-#include "conntest.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "conntest.h"
 #include "error.h"
-#include "pem.h"
 #include "smtp_client.h"
 #include "smtp_message.h"
 #include "syntax.h"
 
 #define CONNTEST_TEXT_MAX 8192 /* a recorded string, before escaping */
-#define CONNTEST_DIAG_MAX 2048
+#define CONNTEST_DIAG_MAX 2048 /* a diagnosis */
 #define CONNTEST_NODE_MAX 256
 #define CONNTEST_SECRETS  3
 
@@ -72,7 +73,6 @@ struct conntest {
 /* --- names ---------------------------------------------------------------- */
 
 static const char *const step_names[] = {
-    [SMTPSYNC__TEST_STEP_KIND__TEST_STEP_UNSET] = "settings",
     [SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RESOLVE] = "resolve",
     [SMTPSYNC__TEST_STEP_KIND__TEST_STEP_CONNECT] = "connect",
     [SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS] = "tls",
@@ -85,6 +85,7 @@ static const char *const step_names[] = {
     [SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RCPT] = "rcpt",
     [SMTPSYNC__TEST_STEP_KIND__TEST_STEP_DATA] = "data",
     [SMTPSYNC__TEST_STEP_KIND__TEST_STEP_QUIT] = "quit",
+    [SMTPSYNC__TEST_STEP_KIND__TEST_STEP_SETTINGS] = "settings",
 };
 
 #define N_STEP_NAMES (sizeof(step_names) / sizeof(step_names[0]))
@@ -120,25 +121,6 @@ static Smtpsync__TestStepKind step_kind(enum smtp_client_step_kind k)
 }
 
 /* --- text ----------------------------------------------------------------- */
-
-/* Appends `fmt` to buf[len] at *pos; output that does not fit is cut. */
-static void appendf(char *buf, size_t len, size_t *pos, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void appendf(char *buf, size_t len, size_t *pos, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (*pos >= len)
-        return;
-    va_start(ap, fmt);
-    n = vsnprintf(buf + *pos, len - *pos, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    *pos = (size_t)n < len - *pos ? *pos + (size_t)n : len - 1;
-}
 
 /* Copies `in` with every occurrence of a secret replaced by the mask. */
 static char *redact(const struct conntest *ct, const char *in)
@@ -225,577 +207,6 @@ static char *record_text(struct conntest *ct, const char *in, bool multiline)
     return out;
 }
 
-/* The reply code at the start of a server reply, or 0. */
-static int reply_code(const char *reply)
-{
-    if (reply == NULL || reply[0] < '2' || reply[0] > '5' || reply[1] < '0' || reply[1] > '9' ||
-        reply[2] < '0' || reply[2] > '9')
-        return 0;
-    return (reply[0] - '0') * 100 + (reply[1] - '0') * 10 + (reply[2] - '0');
-}
-
-/* True if `needle` occurs in `hay`, ignoring case. */
-static bool contains_ci(const char *hay, const char *needle)
-{
-    size_t n = strlen(needle);
-
-    for (; hay != NULL && *hay != '\0'; hay++) {
-        if (strncasecmp(hay, needle, n) == 0)
-            return true;
-    }
-    return false;
-}
-
-/*
- * The value of `key` in a step detail of the form "subject=CN=a, O=b
- * san=DNS:a, DNS:b expires=... chain=...": from after "key=" up to the next
- * " word=" with a lower-case word (DN attributes are upper case), trailing
- * separators removed. False if the key is absent or its value empty.
- */
-static bool detail_value(const char *detail, const char *key, char *buf, size_t len)
-{
-    size_t klen = strlen(key), n;
-    const char *p, *v = NULL, *end;
-
-    for (p = detail; p != NULL && *p != '\0'; p++) {
-        if ((p == detail || p[-1] == ' ' || p[-1] == ';' || p[-1] == ',') &&
-            strncmp(p, key, klen) == 0 && p[klen] == '=') {
-            v = p + klen + 1;
-            break;
-        }
-    }
-    if (v == NULL)
-        return false;
-    for (end = v; *end != '\0'; end++) {
-        if (*end != ' ')
-            continue;
-        const char *w = end + 1;
-        while ((*w >= 'a' && *w <= 'z') || *w == '_')
-            w++;
-        if (w > end + 1 && *w == '=')
-            break;
-    }
-    while (end > v && (end[-1] == ' ' || end[-1] == ',' || end[-1] == ';'))
-        end--;
-    n = (size_t)(end - v);
-    if (n == 0 || len == 0)
-        return false;
-    if (n >= len)
-        n = len - 1;
-    memcpy(buf, v, n);
-    buf[n] = '\0';
-    return true;
-}
-
-/* Parses a certificate date as a client may print it; -1 if it cannot. */
-static long long parse_date(const char *text)
-{
-    static const char *const formats[] = {
-        "%Y-%m-%dT%H:%M:%SZ",
-        "%Y-%m-%d %H:%M:%S",
-        "%b %d %H:%M:%S %Y GMT",
-        "%Y-%m-%d",
-    };
-    struct tm tm;
-
-    for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
-        memset(&tm, 0, sizeof(tm));
-        const char *end = strptime(text, formats[i], &tm);
-        if (end != NULL && (*end == '\0' || *end == ' ' || *end == ','))
-            return (long long)timegm(&tm);
-    }
-    return -1;
-}
-
-/* "CN=a; CN=b" of the imported certificates, for CERT_UNTRUSTED. */
-static void trust_subjects(const struct settings *s, char *buf, size_t len)
-{
-    STACK_OF(X509) *certs = NULL;
-    char why[128], subject[256];
-    size_t pos = 0;
-
-    buf[0] = '\0';
-    if (s->trust_certificate == NULL ||
-        pem_read_certs(s->trust_certificate, strlen(s->trust_certificate), &certs, why,
-                       sizeof(why)) < 0)
-        return;
-    for (int i = 0; i < sk_X509_num(certs); i++) {
-        if (i == 3) {
-            appendf(buf, len, &pos, "; and %d more", sk_X509_num(certs) - 3);
-            break;
-        }
-        pem_subject(sk_X509_value(certs, i), subject, sizeof(subject));
-        appendf(buf, len, &pos, "%s%s", i > 0 ? "; " : "", subject);
-    }
-    sk_X509_pop_free(certs, X509_free);
-}
-
-/* --- diagnosis ------------------------------------------------------------ */
-
-/* What the diagnosis looks at. */
-struct diag_in {
-    Smtpsync__TestStepKind kind;
-    enum smtp_fail fail;
-    const char *detail; /* may be NULL */
-    const char *reply;  /* may be NULL */
-    int code;           /* reply code, 0 if none */
-};
-
-/* What the client sent in a step, as a diagnosis names it. */
-static const char *step_command(Smtpsync__TestStepKind kind)
-{
-    switch (kind) {
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS:
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_CERTIFICATE:
-        return "the TLS handshake";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_EHLO:
-        return "EHLO";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_STARTTLS:
-        return "STARTTLS";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_AUTH:
-        return "AUTH";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_MAIL:
-        return "MAIL FROM";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RCPT:
-        return "RCPT TO";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_DATA:
-        return "DATA";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_QUIT:
-        return "QUIT";
-    default:
-        return conntest_step_name(kind);
-    }
-}
-
-/* The timeout setting of a step, for the TIMEOUT diagnosis. */
-static const char *timeout_name(const struct settings *s, Smtpsync__TestStepKind kind,
-                                uint32_t *value)
-{
-    switch (kind) {
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RESOLVE:
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_CONNECT:
-        *value = s->timeouts.connect;
-        return "timeout_connect";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_GREETING:
-        *value = s->timeouts.greeting;
-        return "timeout_greeting";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_MAIL:
-        *value = s->timeouts.mail;
-        return "timeout_mail";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RCPT:
-        *value = s->timeouts.rcpt;
-        return "timeout_rcpt";
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_DATA:
-        *value = s->timeouts.data_term;
-        return "timeout_data_init, timeout_data_block and timeout_data_term";
-    default:
-        *value = s->timeouts.command;
-        return "timeout_command";
-    }
-}
-
-/* "the server's reply" when one was quoted, for sentences that refer to it. */
-static const char *reply_ref(const struct diag_in *in)
-{
-    return in->reply != NULL && in->reply[0] != '\0' ? " (its reply is quoted above)" : "";
-}
-
-static void diagnose_timeout(const struct conntest *ct, const struct diag_in *in, char *b,
-                             size_t len, size_t *pos)
-{
-    const struct settings *s = &ct->settings;
-    const char *host = s->hostname;
-    uint32_t port = ct->port, value = 0;
-    const char *setting = timeout_name(s, in->kind, &value);
-    bool strict = s->smtps_enabled && s->tls_mode == SETTINGS_TLS_STRICT;
-
-    switch (in->kind) {
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RESOLVE:
-        appendf(b, len, pos, "the name server did not answer for %s in time", host);
-        break;
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_CONNECT:
-        appendf(b, len, pos,
-                "no answer from %s:%" PRIu32 ": a firewall may drop the connection, or the host "
-                "is down",
-                host, port);
-        break;
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS:
-        if (strict && port != 465)
-            appendf(b, len, pos,
-                    "the server did not answer the TLS handshake: port %" PRIu32
-                    " expects STARTTLS (set tls_mode=starttls) or plaintext; implicit TLS is "
-                    "normally on port 465",
-                    port);
-        else
-            appendf(b, len, pos, "the server did not complete the TLS handshake in time");
-        break;
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_GREETING:
-        if (!strict && port == 465)
-            appendf(b, len, pos,
-                    "no greeting from the server: port 465 usually expects implicit TLS: set "
-                    "%stls_mode=strict",
-                    s->smtps_enabled ? "" : "smtps_enabled=on and ");
-        else if (!strict)
-            appendf(b, len, pos,
-                    "the server accepted the connection but sent no greeting in time: it may be "
-                    "overloaded, or expect implicit TLS: then set %stls_mode=strict",
-                    s->smtps_enabled ? "" : "smtps_enabled=on and ");
-        else
-            appendf(b, len, pos,
-                    "the server accepted the connection but sent no greeting in time: it may be "
-                    "overloaded, or not an SMTP server");
-        break;
-    default:
-        appendf(b, len, pos, "the server did not answer %s in time", step_command(in->kind));
-        break;
-    }
-    if (value != 0)
-        appendf(b, len, pos, "; waited %" PRIu32 " s (%s)", value, setting);
-    else
-        appendf(b, len, pos, "; waited the default time (%s)", setting);
-}
-
-static void diagnose_cert(const struct conntest *ct, const struct diag_in *in, char *b, size_t len,
-                          size_t *pos)
-{
-    const struct settings *s = &ct->settings;
-    const char *d = in->detail != NULL ? in->detail : "";
-    char names[1024], issuer[512], subject[512], anchors[1024], expires[128];
-
-    switch (in->fail) {
-    case SMTP_FAIL_CERT_HOSTNAME:
-        if ((detail_value(d, "san", names, sizeof(names)) && strcmp(names, "none") != 0) ||
-            detail_value(d, "subject", names, sizeof(names)))
-            appendf(b, len, pos,
-                    "the certificate names %s, not %s: set hostname to a name the certificate "
-                    "holds, or have the server's certificate name %s",
-                    names, s->hostname, s->hostname);
-        else
-            appendf(b, len, pos, "the server's certificate does not name %s", s->hostname);
-        break;
-    case SMTP_FAIL_CERT_UNTRUSTED:
-        trust_subjects(s, anchors, sizeof(anchors));
-        if (anchors[0] == '\0')
-            snprintf(anchors, sizeof(anchors), "none readable");
-        if (!detail_value(d, "subject", subject, sizeof(subject)))
-            subject[0] = '\0';
-        if (!detail_value(d, "issuer", issuer, sizeof(issuer)))
-            issuer[0] = '\0';
-        if (issuer[0] != '\0' && strcmp(issuer, subject) == 0)
-            appendf(b, len, pos,
-                    "the server's certificate is self-signed (subject %s) and is not the "
-                    "imported certificate (subject %s): import the server's certificate",
-                    subject, anchors);
-        else if (issuer[0] != '\0')
-            appendf(b, len, pos,
-                    "the server's certificate (issuer %s) is not signed by the imported "
-                    "certificate (subject %s): import the certificate of %s",
-                    issuer, anchors, issuer);
-        else
-            appendf(b, len, pos,
-                    "the server's certificate%s%s%s is not signed by the imported certificate "
-                    "(subject %s): import the certificate of the CA that issued it",
-                    subject[0] != '\0' ? " (subject " : "", subject, subject[0] != '\0' ? ")" : "",
-                    anchors);
-        break;
-    case SMTP_FAIL_CERT_EXPIRED:
-        if (detail_value(d, "expires", expires, sizeof(expires)) ||
-            detail_value(d, "not_after", expires, sizeof(expires))) {
-            long long t = parse_date(expires);
-            if (t >= 0 && t > (long long)time(NULL))
-                appendf(b, len, pos,
-                        "the server's certificate is not valid yet (it expires on %s, but its "
-                        "start date is still to come): check the clocks of this machine and of "
-                        "the server",
-                        expires);
-            else
-                appendf(b, len, pos,
-                        "the server's certificate expired on %s: the server needs a new one",
-                        expires);
-        } else {
-            appendf(b, len, pos,
-                    "the server's certificate has expired or is not valid yet: renew it, or "
-                    "check the clocks of this machine and of the server");
-        }
-        break;
-    default:
-        break;
-    }
-}
-
-static void diagnose_reply(const struct conntest *ct, const struct diag_in *in, char *b, size_t len,
-                           size_t *pos)
-{
-    const struct settings *s = &ct->settings;
-    const char *r = in->reply != NULL ? in->reply : (in->detail != NULL ? in->detail : "");
-    bool temp = in->fail == SMTP_FAIL_REPLY_4XX;
-
-    switch (in->kind) {
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_GREETING:
-        if (temp)
-            appendf(b, len, pos,
-                    "the server does not take connections now (busy or shutting down): try "
-                    "again later");
-        else
-            appendf(b, len, pos,
-                    "the server refuses connections from this machine: its address may be "
-                    "blocked or not allowed to send through this server");
-        break;
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_MAIL:
-        if (in->code == 530)
-            appendf(b, len, pos,
-                    "the server requires a logon: set logon_required=on with user_id and "
-                    "password");
-        else if (temp)
-            appendf(b, len, pos, "the server temporarily refused the sender %s: try again later",
-                    s->from_address);
-        else
-            appendf(b, len, pos,
-                    "the server refused the sender %s: this From address may not be allowed to "
-                    "send%s",
-                    s->from_address, s->logon_required ? " with this logon" : " without a logon");
-        break;
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RCPT:
-        if (in->code == 530)
-            appendf(b, len, pos,
-                    "the server requires a logon: set logon_required=on with user_id and "
-                    "password");
-        else if (temp)
-            appendf(b, len, pos,
-                    "the server temporarily refused the recipient %s (greylisting, or a "
-                    "temporary problem): try again in a few minutes",
-                    ct->to);
-        else if (contains_ci(r, "5.1.1") || contains_ci(r, "unknown") ||
-                 contains_ci(r, "no such") || contains_ci(r, "does not exist") ||
-                 contains_ci(r, "not found"))
-            appendf(b, len, pos, "the server says there is no mailbox %s: check the address",
-                    ct->to);
-        else if (in->code == 552 || contains_ci(r, "5.2.2"))
-            appendf(b, len, pos, "the mailbox %s is full", ct->to);
-        else
-            appendf(b, len, pos,
-                    "the server refused to relay to %s: relay denied (the From address or logon "
-                    "may not be allowed to send)",
-                    ct->to);
-        break;
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_DATA:
-        if (temp)
-            appendf(b, len, pos, "the server temporarily refused the test mail%s: try again later",
-                    reply_ref(in));
-        else
-            appendf(b, len, pos,
-                    "the server refused the test mail%s: a content or policy filter may reject "
-                    "it",
-                    reply_ref(in));
-        break;
-    case SMTPSYNC__TEST_STEP_KIND__TEST_STEP_EHLO:
-        appendf(b, len, pos, "the server refused EHLO and HELO%s: it may not accept %s as a name",
-                reply_ref(in), ct->helo != NULL ? ct->helo : "this host's name");
-        break;
-    default:
-        appendf(b, len, pos, "the server reported a %s failure at %s%s",
-                temp ? "temporary" : "permanent", conntest_step_name(in->kind), reply_ref(in));
-        break;
-    }
-}
-
-static void diagnose_auth(const struct conntest *ct, const struct diag_in *in, char *b, size_t len,
-                          size_t *pos)
-{
-    const struct settings *s = &ct->settings;
-    bool tls = s->smtps_enabled;
-
-    switch (in->fail) {
-    case SMTP_FAIL_AUTH_REFUSED:
-        if (in->code == 534 || in->code == 538)
-            appendf(b, len, pos,
-                    "the server wants a stronger AUTH mechanism or an encrypted connection for "
-                    "user %s%s",
-                    s->user_id, tls ? "" : ": turn on smtps_enabled");
-        else if (in->code == 454 || (in->code >= 400 && in->code < 500))
-            appendf(b, len, pos,
-                    "the server could not check user %s now (a temporary failure): try again "
-                    "later",
-                    s->user_id);
-        else
-            appendf(b, len, pos, "the server refused user %s: check the user ID and password",
-                    s->user_id);
-        break;
-    case SMTP_FAIL_AUTH_PLAINTEXT:
-        appendf(b, len, pos,
-                "the logon would send the password unencrypted: turn on smtps_enabled with "
-                "tls_mode=starttls or strict, or (only on a trusted network) set "
-                "allow_plaintext_auth=on");
-        break;
-    case SMTP_FAIL_AUTH_UNAVAILABLE: {
-        const char *auth = strstr(ct->caps, "AUTH");
-        if (auth != NULL) {
-            char mechs[256];
-            size_t n = strcspn(auth + 4, "\n,;");
-            if (n >= sizeof(mechs))
-                n = sizeof(mechs) - 1;
-            memcpy(mechs, auth + 4, n);
-            mechs[n] = '\0';
-            appendf(b, len, pos,
-                    "the server offers AUTH%s, none of which smtpsync speaks (PLAIN, LOGIN, "
-                    "CRAM-MD5)",
-                    mechs);
-        } else {
-            appendf(b, len, pos, "the server offers no AUTH mechanism: is logon required?%s",
-                    tls ? " (if it is not, set logon_required=off)"
-                        : " (many servers offer AUTH only over TLS: turn on smtps_enabled; if no "
-                          "logon is needed, set logon_required=off)");
-        }
-        break;
-    }
-    default:
-        break;
-    }
-}
-
-/* Writes a plain-language diagnosis of a failed step into b. */
-static void diagnose(const struct conntest *ct, const struct diag_in *in, char *b, size_t len)
-{
-    const struct settings *s = &ct->settings;
-    const char *d = in->detail != NULL ? in->detail : "";
-    bool strict = s->smtps_enabled && s->tls_mode == SETTINGS_TLS_STRICT;
-    size_t pos = 0;
-
-    b[0] = '\0';
-    switch (in->fail) {
-    case SMTP_FAIL_NONE:
-        break;
-    case SMTP_FAIL_RESOLVE:
-        appendf(b, len, &pos,
-                "the host name %s does not resolve: check hostname and this machine's DNS",
-                s->hostname);
-        break;
-    case SMTP_FAIL_CONNECT:
-        if (contains_ci(d, "refused"))
-            appendf(b, len, &pos,
-                    "nothing listens on %s:%" PRIu32 " (connection refused): check hostname and "
-                    "port",
-                    s->hostname, ct->port);
-        else if (contains_ci(d, "unreachable"))
-            appendf(b, len, &pos,
-                    "%s:%" PRIu32 " cannot be reached from this machine (no route): check the "
-                    "network and firewalls",
-                    s->hostname, ct->port);
-        else
-            appendf(b, len, &pos,
-                    "could not connect to %s:%" PRIu32 ": nothing listens there, or a firewall "
-                    "blocks the connection",
-                    s->hostname, ct->port);
-        break;
-    case SMTP_FAIL_TIMEOUT:
-        diagnose_timeout(ct, in, b, len, &pos);
-        break;
-    case SMTP_FAIL_CLOSED:
-        if (in->kind == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS && strict && ct->port != 465)
-            appendf(b, len, &pos,
-                    "the server closed the connection during the TLS handshake: port %" PRIu32
-                    " may expect STARTTLS (set tls_mode=starttls) or plaintext; implicit TLS is "
-                    "normally on port 465",
-                    ct->port);
-        else if (in->kind == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_GREETING && !strict &&
-                 ct->port == 465)
-            appendf(b, len, &pos,
-                    "the server closed the connection before its greeting: port 465 usually "
-                    "expects implicit TLS: set %stls_mode=strict",
-                    s->smtps_enabled ? "" : "smtps_enabled=on and ");
-        else
-            appendf(b, len, &pos, "the server closed the connection during %s%s",
-                    conntest_step_name(in->kind),
-                    in->kind == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_GREETING
-                        ? ": it may refuse connections from this machine"
-                        : "");
-        break;
-    case SMTP_FAIL_TLS_NOT_TLS:
-        if (in->kind == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_STARTTLS ||
-            s->tls_mode == SETTINGS_TLS_STARTTLS)
-            appendf(b, len, &pos, "the server accepted STARTTLS but did not start TLS");
-        else if (ct->port == 465)
-            appendf(b, len, &pos,
-                    "the server answered in plaintext on port 465: it does not offer implicit "
-                    "TLS there; try tls_mode=starttls on port 587");
-        else
-            appendf(b, len, &pos,
-                    "the server answered in plaintext: port %" PRIu32
-                    " expects STARTTLS (set tls_mode=starttls) or implicit TLS on port 465",
-                    ct->port);
-        break;
-    case SMTP_FAIL_TLS_VERSION:
-        appendf(b, len, &pos,
-                "the server offers only TLS versions older than 1.2, which smtpsync refuses: "
-                "the server's TLS configuration must be updated");
-        break;
-    case SMTP_FAIL_TLS_HANDSHAKE:
-        appendf(b, len, &pos,
-                "the TLS handshake failed%s%s: the server and smtpsync share no TLS version or "
-                "cipher, or the server is not speaking TLS",
-                d[0] != '\0' ? ": " : "", d);
-        break;
-    case SMTP_FAIL_CERT_UNTRUSTED:
-    case SMTP_FAIL_CERT_HOSTNAME:
-    case SMTP_FAIL_CERT_EXPIRED:
-        diagnose_cert(ct, in, b, len, &pos);
-        break;
-    case SMTP_FAIL_STARTTLS:
-        if (ct->port == 465)
-            appendf(b, len, &pos, "port 465 usually expects implicit TLS: set tls_mode=strict");
-        else if (in->code != 0)
-            appendf(b, len, &pos,
-                    "the server refused STARTTLS%s: TLS may be broken or switched off on the "
-                    "server",
-                    reply_ref(in));
-        else
-            appendf(b, len, &pos,
-                    "the server does not offer STARTTLS on port %" PRIu32
-                    ": switch TLS on at the server, or use implicit TLS (tls_mode=strict, port "
-                    "465)",
-                    ct->port);
-        if (s->starttls_fallback && s->logon_required)
-            appendf(b, len, &pos,
-                    "; starttls_fallback does not apply: the logon would send the password in "
-                    "clear");
-        break;
-    case SMTP_FAIL_AUTH_UNAVAILABLE:
-    case SMTP_FAIL_AUTH_REFUSED:
-    case SMTP_FAIL_AUTH_PLAINTEXT:
-        diagnose_auth(ct, in, b, len, &pos);
-        break;
-    case SMTP_FAIL_PROTOCOL:
-        if (in->kind == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_STARTTLS ||
-            in->kind == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS)
-            appendf(b, len, &pos,
-                    "the server sent data after its 220 to STARTTLS and before TLS started: "
-                    "someone may be injecting commands (STARTTLS injection); the session was "
-                    "aborted");
-        else
-            appendf(b, len, &pos, "the server broke the SMTP protocol%s%s", d[0] ? ": " : "", d);
-        break;
-    case SMTP_FAIL_REPLY_4XX:
-    case SMTP_FAIL_REPLY_5XX:
-        diagnose_reply(ct, in, b, len, &pos);
-        break;
-    case SMTP_FAIL_TOO_BIG:
-        appendf(b, len, &pos, "the test mail is larger than the server accepts (its SIZE limit)");
-        break;
-    case SMTP_FAIL_SETTINGS:
-        appendf(b, len, &pos, "the settings cannot be used%s%s", d[0] ? ": " : "", d);
-        break;
-    case SMTP_FAIL_CANCELLED:
-        appendf(b, len, &pos, "the test was cancelled");
-        break;
-    case SMTP_FAIL_INTERNAL:
-    case SMTP_FAIL_COUNT:
-        appendf(b, len, &pos, "smtpsync failed internally%s%s", d[0] ? ": " : "", d);
-        break;
-    }
-    if (b[0] == '\0')
-        appendf(b, len, &pos, "%s", smtp_fail_str(in->fail));
-}
-
 /* --- recording steps ------------------------------------------------------ */
 
 /* Appends a step; its strings are recorded (redacted, escaped). */
@@ -834,26 +245,44 @@ static void step_add(struct conntest *ct, Smtpsync__TestStepKind kind, bool ok, 
     r->steps[r->n_steps++] = st;
 }
 
+/* What conntest__diagnose() needs besides the failed step. */
+static struct conntest__diag diag_of(const struct conntest *ct)
+{
+    return (struct conntest__diag){
+        .settings = &ct->settings,
+        .port = ct->port,
+        .to = ct->to,
+        .helo = ct->helo,
+        .caps = ct->caps,
+    };
+}
+
 /* Records a failed step with its diagnosis. A failure after the mail was
- * accepted, or one the client only warns about, is a warning. */
-static void step_fail(struct conntest *ct, const struct diag_in *in, uint64_t elapsed_us,
+ * accepted, one the client only warns about, or one after the failure that
+ * decided the result (a broken QUIT after a refused RCPT) is a warning. */
+static void step_fail(struct conntest *ct, const struct conntest__diag *in, uint64_t elapsed_us,
                       bool warning)
 {
     char diag[CONNTEST_DIAG_MAX];
+    bool after_failure = !warning && !ct->accepted && ct->failed;
     size_t pos = 0;
 
-    warning = warning || ct->accepted;
+    warning = warning || ct->accepted || after_failure;
     if (warning)
-        appendf(diag, sizeof(diag), &pos, "%s", CONNTEST_WARNING);
-    if (warning && in->kind == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_STARTTLS && !ct->accepted) {
-        appendf(diag, sizeof(diag), &pos,
-                "STARTTLS failed and starttls_fallback=on let the session go on in plaintext: "
-                "mail from this node travels unencrypted; switch starttls_fallback off once the "
-                "server offers STARTTLS");
+        conntest__appendf(diag, sizeof(diag), &pos, "%s", CONNTEST_WARNING);
+    if (warning && in->kind == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_STARTTLS && !ct->accepted &&
+        !after_failure) {
+        conntest__appendf(
+            diag, sizeof(diag), &pos,
+            "STARTTLS failed and starttls_fallback=on let the session go on in plaintext: "
+            "mail from this node travels unencrypted; switch starttls_fallback off once the "
+            "server offers STARTTLS");
     } else {
-        if (warning)
-            appendf(diag, sizeof(diag), &pos, "the test mail was accepted, but then ");
-        diagnose(ct, in, diag + pos, sizeof(diag) - pos);
+        if (after_failure)
+            conntest__appendf(diag, sizeof(diag), &pos, "after the failure above, ");
+        else if (warning)
+            conntest__appendf(diag, sizeof(diag), &pos, "the test mail was accepted, but then ");
+        conntest__diagnose(in, diag + pos, sizeof(diag) - pos);
     }
     step_add(ct, in->kind, false, elapsed_us, in->detail, in->reply, diag);
     if (!warning)
@@ -867,18 +296,18 @@ static void step_settings(struct conntest *ct, const struct settings_problems *p
     size_t pos = 0, n = p != NULL ? p->count : 0, dropped = p != NULL ? p->dropped : 0;
 
     if (why != NULL)
-        appendf(diag, sizeof(diag), &pos, "%s", why);
+        conntest__appendf(diag, sizeof(diag), &pos, "%s", why);
     for (size_t i = 0; i < n && i < SETTINGS_PROBLEMS_MAX; i++)
-        appendf(diag, sizeof(diag), &pos, "%s%s: %s", pos > 0 ? "\n" : "", p->items[i].field,
-                p->items[i].message);
+        conntest__appendf(diag, sizeof(diag), &pos, "%s%s: %s", pos > 0 ? "\n" : "",
+                          p->items[i].field, p->items[i].message);
     if (dropped > 0)
-        appendf(diag, sizeof(diag), &pos, "\n... and %zu more", dropped);
+        conntest__appendf(diag, sizeof(diag), &pos, "\n... and %zu more", dropped);
     if (n > 0)
         snprintf(detail, sizeof(detail), "%zu problem%s in the settings: they cannot be tried",
                  n + dropped, n + dropped == 1 ? "" : "s");
     else
         snprintf(detail, sizeof(detail), "the settings cannot be tried");
-    step_add(ct, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_UNSET, false, 0, detail, NULL, diag);
+    step_add(ct, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_SETTINGS, false, 0, detail, NULL, diag);
     ct->failed = true;
 }
 
@@ -915,22 +344,17 @@ static void on_finished(uv_handle_t *h)
         conntest_result_free(result);
 }
 
-/* Ends the test: the result goes to `done` from the loop. */
-static void finish(struct conntest *ct)
-{
-    if (!ct->accepted && !ct->failed)
-        step_add(ct, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_UNSET, false, 0,
-                 "the session ended before the test mail was sent", NULL,
-                 "smtpsync failed internally: the session ended without a result");
-    ct->result->ok = ct->accepted && !ct->nomem;
-    uv_close((uv_handle_t *)&ct->finish, on_finished);
-}
-
-/* The step a failure reported without one belongs to. */
-static Smtpsync__TestStepKind fail_kind(const struct conntest *ct, enum smtp_fail fail)
+/*
+ * The step of a failure the client reported without one: a last resort,
+ * since the client reports a failed step for every end but a cancel. The
+ * failure kind decides when it names one step (a TLS kind only when the
+ * session used TLS); else it is the step the session was at, the last one
+ * recorded, which is never a TLS step on a plaintext session.
+ */
+static Smtpsync__TestStepKind fallback_kind(const struct conntest *ct, enum smtp_fail fail)
 {
     const Smtpsync__TestResult *r = ct->result;
-    Smtpsync__TestStepKind last;
+    bool tls = ct->settings.smtps_enabled;
 
     switch (fail) {
     case SMTP_FAIL_RESOLVE:
@@ -940,13 +364,15 @@ static Smtpsync__TestStepKind fail_kind(const struct conntest *ct, enum smtp_fai
     case SMTP_FAIL_TLS_HANDSHAKE:
     case SMTP_FAIL_TLS_NOT_TLS:
     case SMTP_FAIL_TLS_VERSION:
-        return SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS;
+        if (tls)
+            return SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS;
+        break;
     case SMTP_FAIL_CERT_UNTRUSTED:
     case SMTP_FAIL_CERT_HOSTNAME:
     case SMTP_FAIL_CERT_EXPIRED:
-        return SMTPSYNC__TEST_STEP_KIND__TEST_STEP_CERTIFICATE;
-    case SMTP_FAIL_STARTTLS:
-        return SMTPSYNC__TEST_STEP_KIND__TEST_STEP_STARTTLS;
+        if (tls)
+            return SMTPSYNC__TEST_STEP_KIND__TEST_STEP_CERTIFICATE;
+        break;
     case SMTP_FAIL_AUTH_UNAVAILABLE:
     case SMTP_FAIL_AUTH_REFUSED:
     case SMTP_FAIL_AUTH_PLAINTEXT:
@@ -956,14 +382,20 @@ static Smtpsync__TestStepKind fail_kind(const struct conntest *ct, enum smtp_fai
     default:
         break;
     }
-    /* Otherwise the step after the last one that completed. */
     if (r->n_steps == 0)
         return SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RESOLVE;
-    last = r->steps[r->n_steps - 1]->kind;
-    if (last == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_UNSET ||
-        last >= SMTPSYNC__TEST_STEP_KIND__TEST_STEP_QUIT)
-        return last;
-    return (Smtpsync__TestStepKind)(last + 1);
+    return r->steps[r->n_steps - 1]->kind;
+}
+
+/* Ends the test: the result goes to `done` from the loop. */
+static void finish(struct conntest *ct)
+{
+    if (!ct->accepted && !ct->failed)
+        step_add(ct, fallback_kind(ct, SMTP_FAIL_INTERNAL), false, 0,
+                 "the session ended before the test mail was sent", NULL,
+                 "smtpsync failed internally: the session ended without a result");
+    ct->result->ok = ct->accepted && !ct->nomem;
+    uv_close((uv_handle_t *)&ct->finish, on_finished);
 }
 
 static bool on_next(void *arg, const struct smtp_client_msg **msg)
@@ -981,6 +413,7 @@ static void on_step(void *arg, const struct smtp_client_step *step)
 {
     struct conntest *ct = arg;
     Smtpsync__TestStepKind kind = step_kind(step->kind);
+    struct conntest__diag in = diag_of(ct);
 
     if (kind == SMTPSYNC__TEST_STEP_KIND__TEST_STEP_EHLO && step->ok && step->detail != NULL)
         snprintf(ct->caps, sizeof(ct->caps), "%s", step->detail);
@@ -988,13 +421,11 @@ static void on_step(void *arg, const struct smtp_client_step *step)
         step_add(ct, kind, true, step->elapsed_us, step->detail, step->server_reply, NULL);
         return;
     }
-    struct diag_in in = {
-        .kind = kind,
-        .fail = step->fail,
-        .detail = step->detail,
-        .reply = step->server_reply,
-        .code = reply_code(step->server_reply),
-    };
+    in.kind = kind;
+    in.fail = step->fail;
+    in.detail = step->detail;
+    in.reply = step->server_reply;
+    in.code = conntest__reply_code(step->server_reply);
     step_fail(ct, &in, step->elapsed_us, step->warning);
 }
 
@@ -1002,6 +433,7 @@ static void on_done(void *arg, const struct smtp_client_msg *msg,
                     const struct smtp_client_result *result)
 {
     struct conntest *ct = arg;
+    struct conntest__diag in = diag_of(ct);
 
     (void)msg;
     if (result->fail == SMTP_FAIL_NONE) {
@@ -1010,37 +442,30 @@ static void on_done(void *arg, const struct smtp_client_msg *msg,
     }
     if (ct->failed)
         return;
-    /* The client ended the transaction without a failed step: record one. */
-    const char *reply = NULL;
-    Smtpsync__TestStepKind kind = SMTPSYNC__TEST_STEP_KIND__TEST_STEP_DATA;
-    if (result->rcpts == NULL)
-        kind = fail_kind(ct, result->fail);
-    else if (result->naccepted == 0) {
-        kind = SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RCPT;
-        reply = result->rcpts[0].text;
+    /* Not expected (the client reports a failed step first): record one
+     * where the transaction got to. */
+    in.kind = SMTPSYNC__TEST_STEP_KIND__TEST_STEP_DATA;
+    in.fail = result->fail;
+    in.detail = result->reason;
+    in.code = result->code;
+    if (result->rcpts == NULL) {
+        in.kind = SMTPSYNC__TEST_STEP_KIND__TEST_STEP_MAIL;
+    } else if (result->naccepted == 0) {
+        in.kind = SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RCPT;
+        in.reply = result->rcpts[0].text;
     }
-    struct diag_in in = {
-        .kind = kind,
-        .fail = result->fail,
-        .detail = result->reason,
-        .reply = reply,
-        .code = result->code,
-    };
     step_fail(ct, &in, 0, false);
 }
 
 static void on_closed(void *arg, enum smtp_fail fail, const char *reason)
 {
     struct conntest *ct = arg;
+    struct conntest__diag in = diag_of(ct);
 
     if (fail != SMTP_FAIL_NONE && !ct->failed && !ct->accepted) {
-        struct diag_in in = {
-            .kind = fail_kind(ct, fail),
-            .fail = fail,
-            .detail = reason,
-            .reply = NULL,
-            .code = 0,
-        };
+        in.kind = fallback_kind(ct, fail);
+        in.fail = fail;
+        in.detail = reason;
         step_fail(ct, &in, 0, false);
     }
     finish(ct);
@@ -1130,24 +555,24 @@ static int compose(struct conntest *ct, char *why, size_t whylen)
     if (gmtime_r(&now, &tm) == NULL || strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
         snprintf(date, sizeof(date), "@%lld", (long long)now);
     snprintf(subject, sizeof(subject), "smtpsync Test Connection from %s", ct->node);
-    appendf(body, sizeof(body), &pos,
-            "This is a test mail from smtpsync Test Connection.\n"
-            "\n"
-            "instance: %s\n",
-            s->instance);
+    conntest__appendf(body, sizeof(body), &pos,
+                      "This is a test mail from smtpsync Test Connection.\n"
+                      "\n"
+                      "instance: %s\n",
+                      s->instance);
     if (ct->revision != NULL)
-        appendf(body, sizeof(body), &pos, "settings: %s\n", ct->revision);
-    appendf(body, sizeof(body), &pos,
-            "node:     %s\n"
-            "server:   %s:%" PRIu32 " (%s)\n"
-            "sent:     %s\n"
-            "\n"
-            "If it arrived, these settings deliver mail from this node.\n",
-            ct->node, s->hostname, ct->port,
-            !s->smtps_enabled                    ? "no TLS"
-            : s->tls_mode == SETTINGS_TLS_STRICT ? "implicit TLS"
-                                                 : "STARTTLS",
-            date);
+        conntest__appendf(body, sizeof(body), &pos, "settings: %s\n", ct->revision);
+    conntest__appendf(body, sizeof(body), &pos,
+                      "node:     %s\n"
+                      "server:   %s:%" PRIu32 " (%s)\n"
+                      "sent:     %s\n"
+                      "\n"
+                      "If it arrived, these settings deliver mail from this node.\n",
+                      ct->node, s->hostname, ct->port,
+                      !s->smtps_enabled                    ? "no TLS"
+                      : s->tls_mode == SETTINGS_TLS_STRICT ? "implicit TLS"
+                                                           : "STARTTLS",
+                      date);
 
     err = smtp_message_from_header(s->from_address, ct->from_header, sizeof(ct->from_header));
     if (err < 0) {

@@ -52,9 +52,8 @@ int conntest_run(const struct conntest_params *params, Smtpsync__TestResult **re
 void conntest_result_free(Smtpsync__TestResult *result);
 
 /* The name of a step kind as printed and in JSON: "resolve", "connect",
- * "tls", "certificate", ... A step of kind TEST_STEP_UNSET is the check of
- * the settings before any session ("settings"): the proto has no kind of
- * its own for it. */
+ * "tls", "certificate", ..., "settings" (TEST_STEP_SETTINGS, the check of
+ * the settings before any session); "unknown" for any other value. */
 const char *conntest_step_name(Smtpsync__TestStepKind kind);
 
 /* Text in a result is printable ASCII: everything else from a server or the

@@ -1,13 +1,16 @@
 /*
  * outbox: see outbox.h.
  *
- * Every change runs in one write transaction (outbox_write) that is run
+ * Every change runs in one write transaction (dbenv_write) that is run
  * again whole, with a larger map, after MDB_MAP_FULL, so a transaction body
  * keeps no effect outside its transaction; leases, which live in memory,
- * change only after the commit.
+ * change only after the commit. What dbenv_ returns is of error.h's
+ * convention already; what mdb_* calls outside it return goes through
+ * dbenv_error() before it leaves an outbox_* function.
  *
- * Records are decoded in one place (record_unpack) with size limits and
- * checks; a pending record that fails them is not handed out: outbox_take
+ * Records, due keys, error texts and the lease set are in outbox_record.c.
+ * Records are decoded in one place (outbox__record_unpack) with size limits
+ * and checks; a pending record that fails them is not handed out: outbox_take
  * moves it to `dead` with its raw bytes as the message and a reason, so
  * one damaged record can never stop the queue. Everything else that meets
  * one reports ERROR_CORRUPT.
@@ -19,10 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <lmdb.h>
 
+#include "dbenv.h"
 #include "error.h"
 #include "internal.h"
 #include "smtp_message.h"
@@ -31,103 +34,8 @@
 #define OUTBOX_MAP_DEFAULT   ((size_t)64 << 20)
 #define OUTBOX_MAXDBS        8
 #define OUTBOX_META_NEXT_ID  "next_id"
-#define OUTBOX_DUE_KEY_LEN   17
 #define OUTBOX_TOKENCODE_TTL ((int64_t)10 * 60 * 1000)
 #define OUTBOX_REPORT_TTL    ((int64_t)5 * 24 * 3600 * 1000)
-/* The largest record this code writes, with room for the envelope and the
- * fields around the message; anything larger is not ours. */
-#define OUTBOX_RECORD_MAX                                                                          \
-    ((size_t)SMTP_MESSAGE_MAX + (SMTP_MESSAGE_RCPT_MAX + 1) * (OUTBOX_ADDRESS_MAX + 8) +           \
-     3 * (OUTBOX_ERROR_MAX + 8) + 256)
-
-/* ------------------------------------------------------------------------ */
-/* Leases: an open-addressing set of ids (linear probing, deletion by
- * backward shift, so no tombstones); 0 is never an id and marks a free
- * slot. At most half full. */
-
-struct lease_set {
-    uint64_t *slot;
-    size_t cap; /* a power of two, or 0 */
-    size_t n;
-};
-
-static size_t lease_home(const struct lease_set *ls, uint64_t id)
-{
-    return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & (ls->cap - 1);
-}
-
-static bool lease_has(const struct lease_set *ls, uint64_t id)
-{
-    if (ls->n == 0)
-        return false;
-    for (size_t i = lease_home(ls, id);; i = (i + 1) & (ls->cap - 1)) {
-        if (ls->slot[i] == id)
-            return true;
-        if (ls->slot[i] == 0)
-            return false;
-    }
-}
-
-static void lease_insert(struct lease_set *ls, uint64_t id)
-{
-    size_t i = lease_home(ls, id);
-
-    while (ls->slot[i] != 0 && ls->slot[i] != id)
-        i = (i + 1) & (ls->cap - 1);
-    if (ls->slot[i] == 0) {
-        ls->slot[i] = id;
-        ls->n++;
-    }
-}
-
-/* Makes room for `more` ids, so that the inserts that follow cannot fail. */
-static int lease_reserve(struct lease_set *ls, size_t more)
-{
-    struct lease_set grown;
-    size_t cap = ls->cap != 0 ? ls->cap : 64;
-
-    if (more > SIZE_MAX / 4 - ls->n)
-        return -ENOMEM;
-    while ((ls->n + more) * 2 > cap)
-        cap *= 2;
-    if (cap == ls->cap)
-        return 0;
-    grown.slot = calloc(cap, sizeof(*grown.slot));
-    if (grown.slot == NULL)
-        return -ENOMEM;
-    grown.cap = cap;
-    grown.n = 0;
-    for (size_t i = 0; i < ls->cap; i++)
-        if (ls->slot[i] != 0)
-            lease_insert(&grown, ls->slot[i]);
-    free(ls->slot);
-    *ls = grown;
-    return 0;
-}
-
-static void lease_remove(struct lease_set *ls, uint64_t id)
-{
-    size_t mask = ls->cap - 1, i, j;
-
-    if (ls->n == 0)
-        return;
-    for (i = lease_home(ls, id); ls->slot[i] != id; i = (i + 1) & mask)
-        if (ls->slot[i] == 0)
-            return;
-    /* Shift back every following entry of the run that may move into the
-     * hole: one whose home is not cyclically within (hole, its place]. */
-    for (j = (i + 1) & mask; ls->slot[j] != 0; j = (j + 1) & mask) {
-        size_t k = lease_home(ls, ls->slot[j]);
-        if ((j > i && (k <= i || k > j)) || (j < i && k <= i && k > j)) {
-            ls->slot[i] = ls->slot[j];
-            i = j;
-        }
-    }
-    ls->slot[i] = 0;
-    ls->n--;
-}
-
-/* ------------------------------------------------------------------------ */
 
 struct outbox {
     MDB_env *env;
@@ -136,70 +44,8 @@ struct outbox {
     MDB_dbi dead;
     MDB_dbi meta;
     struct outbox_expiry expiry;
-    struct lease_set leases;
+    struct outbox_leases leases;
 };
-
-/* Keys. ids and times are big-endian so that LMDB's byte order is theirs. */
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static MDB_val id_key(uint64_t id, uint8_t buf[8])
-{
-    put_be64(buf, id);
-    return (MDB_val){.mv_size = 8, .mv_data = buf};
-}
-
-/* A time before the epoch sorts as the epoch: due keys hold unsigned times. */
-static MDB_val due_key(int priority, int64_t next_try_ms, uint64_t id,
-                       uint8_t buf[OUTBOX_DUE_KEY_LEN])
-{
-    buf[0] = (uint8_t)priority;
-    put_be64(buf + 1, next_try_ms > 0 ? (uint64_t)next_try_ms : 0);
-    put_be64(buf + 9, id);
-    return (MDB_val){.mv_size = OUTBOX_DUE_KEY_LEN, .mv_data = buf};
-}
-
-struct due {
-    int priority;
-    int64_t next_try_ms;
-    uint64_t id;
-};
-
-static bool due_parse(const MDB_val *k, struct due *out)
-{
-    const uint8_t *p = k->mv_data;
-    uint64_t t;
-
-    if (k->mv_size != OUTBOX_DUE_KEY_LEN || (p[0] != OUTBOX_TOKENCODE && p[0] != OUTBOX_REPORT))
-        return false;
-    t = get_be64(p + 1);
-    if (t > INT64_MAX)
-        return false;
-    out->priority = p[0];
-    out->next_try_ms = (int64_t)t;
-    out->id = get_be64(p + 9);
-    return out->id != 0;
-}
-
-static bool priority_valid(int p)
-{
-    return p == OUTBOX_TOKENCODE || p == OUTBOX_REPORT;
-}
 
 static int64_t add_ms(int64_t t, int64_t d)
 {
@@ -209,319 +55,11 @@ static int64_t add_ms(int64_t t, int64_t d)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Text kept from delivery errors. */
-
-/* Length of the valid UTF-8 sequence at s[0..len), or 0 if there is none
- * (overlong forms, surrogates and code points above U+10FFFF included). */
-static size_t utf8_seq(const unsigned char *s, size_t len)
-{
-    size_t n;
-    uint32_t cp;
-
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        n = 2, cp = s[0] & 0x1fu;
-    else if (s[0] >= 0xe0 && s[0] <= 0xef)
-        n = 3, cp = s[0] & 0x0fu;
-    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-        n = 4, cp = s[0] & 0x07u;
-    else
-        return 0;
-    if (len < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3fu);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return n;
-}
-
-/*
- * Copies an error text as it is kept: at most OUTBOX_ERROR_MAX octets, cut
- * on a character boundary; an octet that is not UTF-8 becomes '?' and a
- * control character a space, since the text comes from a remote server and
- * ends up in listings and JSON. NULL is "".
- */
-static void error_copy(char out[OUTBOX_ERROR_MAX + 1], const char *in)
-{
-    const unsigned char *s = (const unsigned char *)(in != NULL ? in : "");
-    size_t len = strlen((const char *)s), o = 0;
-
-    while (len > 0) {
-        size_t n = utf8_seq(s, len);
-        if (o + (n != 0 ? n : 1) > OUTBOX_ERROR_MAX)
-            break;
-        if (n == 0)
-            out[o++] = '?';
-        else if (n == 1 && (s[0] < 0x20 || s[0] == 0x7f))
-            out[o++] = ' ';
-        else
-            memcpy(out + o, s, n), o += n;
-        n = n != 0 ? n : 1;
-        s += n;
-        len -= n;
-    }
-    out[o] = '\0';
-}
-
-static bool address_valid(const char *a, bool may_be_empty)
-{
-    size_t len;
-
-    if (a == NULL)
-        return may_be_empty;
-    len = strlen(a);
-    if (len == 0)
-        return may_be_empty;
-    return len <= OUTBOX_ADDRESS_MAX && strpbrk(a, "\r\n") == NULL;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Records. */
-
-/* protobuf-c reports a failed allocation and a malformed message alike;
- * this allocator tells them apart, so an out-of-memory is never taken for
- * a damaged record (and moved to dead). */
-struct unpack_alloc {
-    ProtobufCAllocator a;
-    bool failed;
-};
-
-static void *unpack_alloc_fn(void *data, size_t size)
-{
-    void *p = malloc(size);
-
-    if (p == NULL)
-        ((struct unpack_alloc *)data)->failed = true;
-    return p;
-}
-
-static void unpack_free_fn(void *data, void *p)
-{
-    (void)data;
-    free(p);
-}
-
-static void record_free(Smtpsync__OutboxMessage *m)
-{
-    if (m != NULL)
-        smtpsync__outbox_message__free_unpacked(m, NULL);
-}
-
-/*
- * Decodes a record stored under `id` (in `dead` when `dead`). Returns 0,
- * -ENOMEM, or ERROR_CORRUPT with *why saying what is wrong. Free *out with
- * record_free().
- */
-static int record_unpack(const MDB_val *val, uint64_t id, bool dead, Smtpsync__OutboxMessage **out,
-                         const char **why)
-{
-    struct unpack_alloc ua = {{unpack_alloc_fn, unpack_free_fn, NULL}, false};
-    Smtpsync__OutboxMessage *m;
-
-    ua.a.allocator_data = &ua;
-    *out = NULL;
-    *why = "";
-    if (val->mv_size > OUTBOX_RECORD_MAX) {
-        *why = "larger than any record";
-        return ERROR_CORRUPT;
-    }
-    m = smtpsync__outbox_message__unpack(&ua.a, val->mv_size, val->mv_data);
-    if (m == NULL && ua.failed)
-        return -ENOMEM;
-    if (m == NULL) {
-        *why = "not an OutboxMessage";
-        return ERROR_CORRUPT;
-    }
-    if (m->id != id)
-        *why = "stored under another id";
-    else if (!priority_valid(m->priority))
-        *why = "no valid priority";
-    else if (m->n_rcpt_to > SMTP_MESSAGE_RCPT_MAX || (m->n_rcpt_to == 0 && !dead))
-        *why = "no valid number of recipients";
-    else if (!address_valid(m->mail_from, true))
-        *why = "invalid envelope sender";
-    else if (m->message.len > SMTP_MESSAGE_MAX)
-        *why = "message over its size limit";
-    else if (strlen(m->last_error) > OUTBOX_ERROR_MAX || strlen(m->dead_reason) > OUTBOX_ERROR_MAX)
-        *why = "error text over its size limit";
-    for (size_t i = 0; **why == '\0' && i < m->n_rcpt_to; i++)
-        if (!address_valid(m->rcpt_to[i], false))
-            *why = "invalid recipient";
-    if (**why != '\0') {
-        /* Our allocator's free is free(): the default one releases it. */
-        record_free(m);
-        return ERROR_CORRUPT;
-    }
-    *out = m;
-    return 0;
-}
-
-static int record_put(MDB_txn *txn, MDB_dbi dbi, const Smtpsync__OutboxMessage *m, unsigned flags)
-{
-    uint8_t kb[8];
-    MDB_val key = id_key(m->id, kb), val;
-    int rc;
-
-    val.mv_size = smtpsync__outbox_message__get_packed_size(m);
-    val.mv_data = NULL;
-    rc = mdb_put(txn, dbi, &key, &val, flags | MDB_RESERVE);
-    if (rc == 0)
-        smtpsync__outbox_message__pack(m, val.mv_data);
-    return rc;
-}
-
-static char *dup_str(const char *s, bool *failed)
-{
-    char *d = strdup(s != NULL ? s : "");
-
-    if (d == NULL)
-        *failed = true;
-    return d;
-}
-
-/* A stored record as handed to callers; the body only when `body`. */
-static int msg_from_record(const Smtpsync__OutboxMessage *r, bool body, struct outbox_msg **out)
-{
-    struct outbox_msg *m = calloc(1, sizeof(*m));
-    bool failed = false;
-
-    *out = NULL;
-    if (m == NULL)
-        return -ENOMEM;
-    m->id = r->id;
-    m->priority = (enum outbox_priority)r->priority;
-    m->created_ms = r->created_ms;
-    m->expires_ms = r->expires_ms;
-    m->next_try_ms = r->next_try_ms;
-    m->attempts = r->attempts;
-    m->dead_ms = r->dead_ms;
-    m->last_error = dup_str(r->last_error, &failed);
-    m->mail_from = dup_str(r->mail_from, &failed);
-    m->dead_reason = dup_str(r->dead_reason, &failed);
-    m->rcpts = calloc(r->n_rcpt_to + 1, sizeof(*m->rcpts));
-    if (m->rcpts == NULL)
-        failed = true;
-    for (size_t i = 0; m->rcpts != NULL && i < r->n_rcpt_to; i++, m->nrcpts++)
-        m->rcpts[i] = dup_str(r->rcpt_to[i], &failed);
-    if (body) {
-        /* NUL-terminated as a convenience; message_len is the length. */
-        m->message = malloc(r->message.len + 1);
-        if (m->message == NULL) {
-            failed = true;
-        } else {
-            if (r->message.len != 0)
-                memcpy(m->message, r->message.data, r->message.len);
-            m->message[r->message.len] = '\0';
-            m->message_len = r->message.len;
-        }
-    }
-    if (failed) {
-        outbox_msg_free(m);
-        return -ENOMEM;
-    }
-    *out = m;
-    return 0;
-}
-
-void outbox_msg_free(struct outbox_msg *m)
-{
-    if (m == NULL)
-        return;
-    free(m->last_error);
-    free(m->mail_from);
-    for (size_t i = 0; i < m->nrcpts; i++)
-        free(m->rcpts[i]);
-    free(m->rcpts);
-    free(m->message);
-    free(m->dead_reason);
-    free(m);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Transactions. */
-
-/* LMDB returns system errors as positive errno values; the convention
- * (error.h) wants them negative. Its own codes are negative already. */
-static int lmdb_error(int rc)
-{
-    return rc > 0 ? -rc : rc;
-}
-
-/* A read transaction, adopting a map another process grew. */
-static int txn_read(struct outbox *ob, MDB_txn **txn)
-{
-    int rc = mdb_txn_begin(ob->env, NULL, MDB_RDONLY, txn);
-
-    if (rc == MDB_MAP_RESIZED) {
-        rc = mdb_env_set_mapsize(ob->env, 0);
-        if (rc == 0)
-            rc = mdb_txn_begin(ob->env, NULL, MDB_RDONLY, txn);
-    }
-    return rc;
-}
-
-typedef int (*txn_fn)(struct outbox *ob, MDB_txn *txn, void *arg);
-
-/*
- * Runs `body` in one write transaction and commits it (with LMDB's default
- * sync: on disk when this returns 0). After MDB_MAP_FULL the whole body
- * runs again in a new transaction with a map grown by at least twice
- * `need` octets (what the body writes; records go to overflow pages) and
- * at least doubled, so a 10 MiB message does not climb there by doublings.
- */
-static int write_txn(struct outbox *ob, txn_fn body, void *arg, size_t need)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE), size;
-    MDB_envinfo info;
-    MDB_txn *txn;
-    int rc;
-
-    for (;;) {
-        rc = mdb_txn_begin(ob->env, NULL, 0, &txn);
-        if (rc == MDB_MAP_RESIZED) {
-            rc = mdb_env_set_mapsize(ob->env, 0);
-            if (rc != 0)
-                return rc;
-            continue;
-        }
-        if (rc != 0)
-            return rc;
-        rc = body(ob, txn, arg);
-        if (rc == 0)
-            rc = mdb_txn_commit(txn);
-        else
-            mdb_txn_abort(txn);
-        if (rc != MDB_MAP_FULL)
-            return rc;
-        rc = mdb_env_info(ob->env, &info);
-        if (rc != 0)
-            return rc;
-        if (info.me_mapsize > SIZE_MAX / 2 || need > (SIZE_MAX - info.me_mapsize) / 4)
-            return MDB_MAP_FULL;
-        size = info.me_mapsize * 2;
-        if (size < info.me_mapsize + 2 * need)
-            size = info.me_mapsize + 2 * need;
-        size = (size + page - 1) / page * page;
-        rc = mdb_env_set_mapsize(ob->env, size);
-        if (rc != 0)
-            return rc;
-    }
-}
-
-static int outbox_write(struct outbox *ob, txn_fn body, void *arg, size_t need)
-{
-    return lmdb_error(write_txn(ob, body, arg, need));
-}
+/* Helpers of the transactions below. */
 
 static int next_id_read(struct outbox *ob, MDB_txn *txn, uint64_t *out)
 {
-    MDB_val key = store__key_str(OUTBOX_META_NEXT_ID), val;
+    MDB_val key = dbenv_key_str(OUTBOX_META_NEXT_ID), val;
     int rc = mdb_get(txn, ob->meta, &key, &val);
 
     if (rc == MDB_NOTFOUND) {
@@ -532,16 +70,16 @@ static int next_id_read(struct outbox *ob, MDB_txn *txn, uint64_t *out)
         return rc;
     if (val.mv_size != 8)
         return ERROR_CORRUPT;
-    *out = get_be64(val.mv_data);
+    *out = dbenv_get_u64(val.mv_data);
     return *out != 0 ? 0 : ERROR_CORRUPT;
 }
 
 static int next_id_write(struct outbox *ob, MDB_txn *txn, uint64_t next)
 {
-    MDB_val key = store__key_str(OUTBOX_META_NEXT_ID), val;
+    MDB_val key = dbenv_key_str(OUTBOX_META_NEXT_ID), val;
     uint8_t buf[8];
 
-    val = id_key(next, buf);
+    val = dbenv_key_u64(next, buf);
     return mdb_put(txn, ob->meta, &key, &val, 0);
 }
 
@@ -555,7 +93,7 @@ static int del_opt(MDB_txn *txn, MDB_dbi dbi, MDB_val *key)
 
 /* The due key of `id` found by a walk of the whole index: only for a
  * record too damaged to say where its key is. */
-static int due_find_scan(struct outbox *ob, MDB_txn *txn, uint64_t id, struct due *out)
+static int due_find_scan(struct outbox *ob, MDB_txn *txn, uint64_t id, struct outbox_due *out)
 {
     MDB_cursor *cur;
     MDB_val k, v;
@@ -566,7 +104,7 @@ static int due_find_scan(struct outbox *ob, MDB_txn *txn, uint64_t id, struct du
         return rc;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-        if (due_parse(&k, out) && out->id == id)
+        if (outbox__due_parse(&k, out) && out->id == id)
             break;
     mdb_cursor_close(cur);
     return rc;
@@ -576,20 +114,20 @@ static int due_find_scan(struct outbox *ob, MDB_txn *txn, uint64_t id, struct du
 static int pending_remove(struct outbox *ob, MDB_txn *txn, uint64_t id, const MDB_val *val)
 {
     Smtpsync__OutboxMessage *r;
-    uint8_t kb[8], db[OUTBOX_DUE_KEY_LEN];
-    MDB_val key = id_key(id, kb), dk;
-    struct due d;
+    uint8_t kb[8], db[OUTBOX__DUE_KEY_LEN];
+    MDB_val key = dbenv_key_u64(id, kb), dk;
+    struct outbox_due d;
     const char *why;
     int rc;
 
-    rc = record_unpack(val, id, false, &r, &why);
+    rc = outbox__record_unpack(val, id, false, &r, &why);
     if (rc == 0) {
-        dk = due_key(r->priority, r->next_try_ms, id, db);
-        record_free(r);
+        dk = outbox__due_key(r->priority, r->next_try_ms, id, db);
+        outbox__record_free(r);
     } else if (rc == ERROR_CORRUPT) {
         rc = due_find_scan(ob, txn, id, &d);
         if (rc == 0)
-            dk = due_key(d.priority, d.next_try_ms, id, db);
+            dk = outbox__due_key(d.priority, d.next_try_ms, id, db);
         else if (rc != MDB_NOTFOUND)
             return rc;
     }
@@ -602,6 +140,20 @@ static int pending_remove(struct outbox *ob, MDB_txn *txn, uint64_t id, const MD
     return rc;
 }
 
+/* Writes a pending record and its due key; flags are mdb_put()'s, for the
+ * record. */
+static int pending_put(struct outbox *ob, MDB_txn *txn, const Smtpsync__OutboxMessage *r,
+                       unsigned flags)
+{
+    uint8_t db[OUTBOX__DUE_KEY_LEN];
+    MDB_val dk = outbox__due_key(r->priority, r->next_try_ms, r->id, db), empty = {0, NULL};
+    int rc = outbox__record_put(txn, ob->pending, r, flags);
+
+    if (rc == 0)
+        rc = mdb_put(txn, ob->due, &dk, &empty, 0);
+    return rc;
+}
+
 /*
  * Moves a pending record to dead. `r` is its decoded record (changed here)
  * with `reason`; with `r` NULL the record is damaged: its raw bytes `raw`
@@ -609,24 +161,24 @@ static int pending_remove(struct outbox *ob, MDB_txn *txn, uint64_t id, const MD
  * why, and `d` its due key if known.
  */
 static int pending_to_dead(struct outbox *ob, MDB_txn *txn, uint64_t id, Smtpsync__OutboxMessage *r,
-                           const MDB_val *raw, const struct due *d, const char *reason,
+                           const MDB_val *raw, const struct outbox_due *d, const char *reason,
                            int64_t now_ms)
 {
     Smtpsync__OutboxMessage q;
     char kept[OUTBOX_ERROR_MAX + 1];
-    uint8_t kb[8], db[OUTBOX_DUE_KEY_LEN];
-    MDB_val key = id_key(id, kb), dk;
+    uint8_t kb[8], db[OUTBOX__DUE_KEY_LEN];
+    MDB_val key = dbenv_key_u64(id, kb), dk;
     char *saved;
     int rc;
 
     smtpsync__outbox_message__init(&q);
-    error_copy(kept, reason);
+    outbox__error_copy(kept, reason);
     if (r != NULL) {
-        dk = due_key(r->priority, r->next_try_ms, id, db);
+        dk = outbox__due_key(r->priority, r->next_try_ms, id, db);
         saved = r->dead_reason;
         r->dead_reason = kept;
         r->dead_ms = now_ms;
-        rc = record_put(txn, ob->dead, r, 0);
+        rc = outbox__record_put(txn, ob->dead, r, 0);
         r->dead_reason = saved;
     } else {
         /* A copy: `raw` points into a page that writes may spill. */
@@ -641,8 +193,8 @@ static int pending_to_dead(struct outbox *ob, MDB_txn *txn, uint64_t id, Smtpsyn
         q.dead_reason = kept;
         q.dead_ms = now_ms;
         if (d != NULL)
-            dk = due_key(d->priority, d->next_try_ms, id, db);
-        rc = record_put(txn, ob->dead, &q, 0);
+            dk = outbox__due_key(d->priority, d->next_try_ms, id, db);
+        rc = outbox__record_put(txn, ob->dead, &q, 0);
         free(q.message.data);
     }
     if (rc == 0 && (r != NULL || d != NULL))
@@ -655,28 +207,22 @@ static int pending_to_dead(struct outbox *ob, MDB_txn *txn, uint64_t id, Smtpsyn
 /* ------------------------------------------------------------------------ */
 /* Open and close. */
 
-static int open_body(struct outbox *ob, MDB_txn *txn, void *arg)
+static int open_body(MDB_txn *txn, void *arg)
 {
-    static const struct {
-        const char *name;
-        size_t offset;
-    } dbs[] = {
-        {"pending", offsetof(struct outbox, pending)},
-        {"due", offsetof(struct outbox, due)},
-        {"dead", offsetof(struct outbox, dead)},
-        {"meta", offsetof(struct outbox, meta)},
+    struct outbox *ob = arg;
+    const struct dbenv_db dbs[] = {
+        {"pending", &ob->pending},
+        {"due", &ob->due},
+        {"dead", &ob->dead},
+        {"meta", &ob->meta},
     };
     MDB_dbi ids[2];
     uint64_t next, last = 0;
     int rc;
 
-    (void)arg;
-    for (size_t i = 0; i < sizeof(dbs) / sizeof(dbs[0]); i++) {
-        rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, (MDB_dbi *)((char *)ob + dbs[i].offset));
-        if (rc != 0)
-            return rc;
-    }
-    rc = next_id_read(ob, txn, &next);
+    rc = dbenv_open_dbs(txn, dbs, sizeof(dbs) / sizeof(dbs[0]));
+    if (rc == 0)
+        rc = next_id_read(ob, txn, &next);
     if (rc != 0)
         return rc;
     /* An id must never be given twice: should meta lag behind the records
@@ -697,8 +243,8 @@ static int open_body(struct outbox *ob, MDB_txn *txn, void *arg)
             return rc;
         if (k.mv_size != 8)
             return ERROR_CORRUPT;
-        if (get_be64(k.mv_data) > last)
-            last = get_be64(k.mv_data);
+        if (dbenv_get_u64(k.mv_data) > last)
+            last = dbenv_get_u64(k.mv_data);
     }
     if (last == UINT64_MAX)
         return ERROR_CORRUPT;
@@ -709,8 +255,15 @@ static int open_body(struct outbox *ob, MDB_txn *txn, void *arg)
 
 int outbox_open(const struct outbox_params *params, struct outbox **out)
 {
+    struct dbenv_params ep = {
+        .maxdbs = OUTBOX_MAXDBS,
+        /* NOTLS: read transactions are not tied to a thread, so the outbox
+         * may move between threads (commits on the libuv thread pool). */
+        .flags = MDB_NOTLS,
+        .mode = 0600,
+    };
     struct outbox *ob;
-    int rc, dead;
+    int rc;
 
     if (params == NULL || params->dir == NULL || params->dir[0] == '\0' || out == NULL)
         return ERROR_INVALID;
@@ -721,23 +274,12 @@ int outbox_open(const struct outbox_params *params, struct outbox **out)
         return -ENOMEM;
     ob->expiry.tokencode_ms = OUTBOX_TOKENCODE_TTL;
     ob->expiry.report_ms = OUTBOX_REPORT_TTL;
-    rc = mdb_env_create(&ob->env);
+    ep.dir = params->dir;
+    ep.map_size = params->map_size != 0 ? params->map_size : OUTBOX_MAP_DEFAULT;
+    rc = dbenv_open(&ep, &ob->env);
     if (rc != 0)
         goto free_outbox;
-    rc = mdb_env_set_maxdbs(ob->env, OUTBOX_MAXDBS);
-    if (rc == 0)
-        rc = mdb_env_set_mapsize(ob->env,
-                                 params->map_size != 0 ? params->map_size : OUTBOX_MAP_DEFAULT);
-    /* NOTLS: read transactions are not tied to a thread, so the outbox may
-     * move between threads (commits on the libuv thread pool). */
-    if (rc == 0)
-        rc = mdb_env_open(ob->env, params->dir, MDB_NOTLS, 0600);
-    if (rc != 0)
-        goto env_close;
-    /* A process killed while reading leaves its reader slot behind. */
-    rc = mdb_reader_check(ob->env, &dead);
-    if (rc == 0)
-        rc = outbox_write(ob, open_body, NULL, 0);
+    rc = dbenv_write(ob->env, open_body, ob, 0);
     if (rc != 0)
         goto env_close;
     *out = ob;
@@ -746,7 +288,7 @@ env_close:
     mdb_env_close(ob->env);
 free_outbox:
     free(ob);
-    return lmdb_error(rc);
+    return rc;
 }
 
 void outbox_close(struct outbox *ob)
@@ -774,17 +316,17 @@ static int64_t default_expiry(const struct outbox *ob, int priority, int64_t now
 /* Submit. */
 
 struct submit_ctx {
+    struct outbox *ob;
     const struct outbox_new *msgs;
     size_t n;
     int64_t now_ms;
     uint64_t *ids;
 };
 
-static int submit_body(struct outbox *ob, MDB_txn *txn, void *arg)
+static int submit_body(MDB_txn *txn, void *arg)
 {
     struct submit_ctx *c = arg;
-    uint8_t db[OUTBOX_DUE_KEY_LEN];
-    MDB_val dk, empty = {0, NULL};
+    struct outbox *ob = c->ob;
     uint64_t next;
     int rc;
 
@@ -811,13 +353,9 @@ static int submit_body(struct outbox *ob, MDB_txn *txn, void *arg)
         r.message.len = s->message_len;
         /* ids only grow: appending is cheaper, and refused (MDB_KEYEXIST)
          * should meta ever point below a record. */
-        rc = record_put(txn, ob->pending, &r, MDB_APPEND);
+        rc = pending_put(ob, txn, &r, MDB_APPEND);
         if (rc == MDB_KEYEXIST)
             rc = ERROR_CORRUPT;
-        if (rc == 0) {
-            dk = due_key(r.priority, r.next_try_ms, r.id, db);
-            rc = mdb_put(txn, ob->due, &dk, &empty, 0);
-        }
         if (rc != 0)
             return rc;
         c->ids[i] = r.id;
@@ -828,19 +366,20 @@ static int submit_body(struct outbox *ob, MDB_txn *txn, void *arg)
 /* ERROR_INVALID or ERROR_TOO_BIG for a message the outbox does not take. */
 static int submit_check(const struct outbox_new *s)
 {
-    if (!priority_valid(s->priority) || s->nrcpts == 0 || s->nrcpts > SMTP_MESSAGE_RCPT_MAX ||
-        s->rcpts == NULL || (s->message == NULL && s->message_len != 0))
+    if (!outbox__priority_valid(s->priority) || s->nrcpts == 0 ||
+        s->nrcpts > SMTP_MESSAGE_RCPT_MAX || s->rcpts == NULL ||
+        (s->message == NULL && s->message_len != 0))
         return ERROR_INVALID;
     if (s->message_len > SMTP_MESSAGE_MAX)
         return ERROR_TOO_BIG;
     if (s->mail_from != NULL && strlen(s->mail_from) > OUTBOX_ADDRESS_MAX)
         return ERROR_TOO_BIG;
-    if (!address_valid(s->mail_from, true))
+    if (!outbox__address_valid(s->mail_from, true))
         return ERROR_INVALID;
     for (size_t i = 0; i < s->nrcpts; i++) {
         if (s->rcpts[i] != NULL && strlen(s->rcpts[i]) > OUTBOX_ADDRESS_MAX)
             return ERROR_TOO_BIG;
-        if (!address_valid(s->rcpts[i], false))
+        if (!outbox__address_valid(s->rcpts[i], false))
             return ERROR_INVALID;
     }
     return 0;
@@ -849,7 +388,7 @@ static int submit_check(const struct outbox_new *s)
 int outbox_submit(struct outbox *ob, const struct outbox_new *msgs, size_t n, int64_t now_ms,
                   uint64_t *ids)
 {
-    struct submit_ctx c = {msgs, n, now_ms, ids};
+    struct submit_ctx c = {ob, msgs, n, now_ms, ids};
     size_t need = 0;
     int rc;
 
@@ -863,13 +402,14 @@ int outbox_submit(struct outbox *ob, const struct outbox_new *msgs, size_t n, in
             return rc;
         need += msgs[i].message_len + 4096;
     }
-    return outbox_write(ob, submit_body, &c, need);
+    return dbenv_write(ob->env, submit_body, &c, need);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Take. */
 
 struct take_ctx {
+    struct outbox *ob;
     int64_t now_ms;
     struct outbox_msg **out;
     size_t max, n;
@@ -888,16 +428,17 @@ static void take_reset(struct take_ctx *c)
  * Handles the due entry `d`: hands it out, or moves it to dead (expired,
  * damaged), or removes a key left without its record or not its record's.
  * *moved tells whether the key is gone from under the cursor. The key is
- * rebuilt from `d` (due_parse() accepts only the canonical encoding): a
+ * rebuilt from `d` (outbox__due_parse() accepts only the canonical encoding): a
  * key read through a cursor points into a page the deletion changes.
  */
-static int take_one(struct outbox *ob, MDB_txn *txn, struct take_ctx *c, const struct due *d,
+static int take_one(struct outbox *ob, MDB_txn *txn, struct take_ctx *c, const struct outbox_due *d,
                     bool *moved)
 {
     char reason[OUTBOX_ERROR_MAX + 64];
     Smtpsync__OutboxMessage *r;
-    uint8_t kb[8], db[OUTBOX_DUE_KEY_LEN];
-    MDB_val key = id_key(d->id, kb), dk = due_key(d->priority, d->next_try_ms, d->id, db), val;
+    uint8_t kb[8], db[OUTBOX__DUE_KEY_LEN];
+    MDB_val key = dbenv_key_u64(d->id, kb),
+            dk = outbox__due_key(d->priority, d->next_try_ms, d->id, db), val;
     const char *why;
     int rc;
 
@@ -909,7 +450,7 @@ static int take_one(struct outbox *ob, MDB_txn *txn, struct take_ctx *c, const s
     }
     if (rc != 0)
         return rc;
-    rc = record_unpack(&val, d->id, false, &r, &why);
+    rc = outbox__record_unpack(&val, d->id, false, &r, &why);
     if (rc == ERROR_CORRUPT) {
         *moved = true;
         snprintf(reason, sizeof(reason), "corrupt record (%s): taken out of the queue", why);
@@ -930,21 +471,22 @@ static int take_one(struct outbox *ob, MDB_txn *txn, struct take_ctx *c, const s
                      r->attempts == 1 ? "" : "s", r->last_error);
         rc = pending_to_dead(ob, txn, d->id, r, NULL, NULL, reason, c->now_ms);
     } else {
-        rc = msg_from_record(r, true, &c->out[c->n]);
+        rc = outbox__msg_from_record(r, true, &c->out[c->n]);
         if (rc == 0)
             c->n++;
     }
-    record_free(r);
+    outbox__record_free(r);
     return rc;
 }
 
-static int take_body(struct outbox *ob, MDB_txn *txn, void *arg)
+static int take_body(MDB_txn *txn, void *arg)
 {
     struct take_ctx *c = arg;
-    uint8_t at[OUTBOX_DUE_KEY_LEN];
+    struct outbox *ob = c->ob;
+    uint8_t at[OUTBOX__DUE_KEY_LEN];
     MDB_cursor *cur;
     MDB_val k, v;
-    struct due d;
+    struct outbox_due d;
     bool moved;
     int rc;
 
@@ -963,7 +505,7 @@ static int take_body(struct outbox *ob, MDB_txn *txn, void *arg)
             /* A key not of ours is left alone; a leased one is being tried.
              * An id is never met twice: only the key its record names is
              * handed out (take_one). */
-            if (!due_parse(&k, &d) || lease_has(&ob->leases, d.id)) {
+            if (!outbox__due_parse(&k, &d) || outbox__lease_has(&ob->leases, d.id)) {
                 rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
                 continue;
             }
@@ -993,22 +535,22 @@ static int take_body(struct outbox *ob, MDB_txn *txn, void *arg)
 
 int outbox_take(struct outbox *ob, int64_t now_ms, struct outbox_msg **out, size_t max, size_t *n)
 {
-    struct take_ctx c = {now_ms, out, max, 0};
+    struct take_ctx c = {ob, now_ms, out, max, 0};
     int rc;
 
     *n = 0;
     if (max == 0)
         return 0;
     /* Room first: once committed, every message handed out is leased. */
-    rc = lease_reserve(&ob->leases, max);
+    rc = outbox__lease_reserve(&ob->leases, max);
     if (rc == 0)
-        rc = outbox_write(ob, take_body, &c, 0);
+        rc = dbenv_write(ob->env, take_body, &c, 0);
     if (rc != 0) {
         take_reset(&c);
         return rc;
     }
     for (size_t i = 0; i < c.n; i++)
-        lease_insert(&ob->leases, out[i]->id);
+        outbox__lease_insert(&ob->leases, out[i]->id);
     *n = c.n;
     return 0;
 }
@@ -1019,10 +561,10 @@ int64_t outbox_next_due(struct outbox *ob)
     MDB_cursor *cur;
     MDB_txn *txn;
     MDB_val k, v;
-    struct due d;
+    struct outbox_due d;
     int rc;
 
-    if (txn_read(ob, &txn) != 0)
+    if (dbenv_txn_read(ob->env, &txn) != 0)
         return 0;
     if (mdb_cursor_open(txn, ob->due, &cur) != 0) {
         best = 0;
@@ -1036,7 +578,7 @@ int64_t outbox_next_due(struct outbox *ob)
              rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
             if (k.mv_size == 0 || ((const uint8_t *)k.mv_data)[0] != p)
                 break;
-            if (!due_parse(&k, &d) || lease_has(&ob->leases, d.id))
+            if (!outbox__due_parse(&k, &d) || outbox__lease_has(&ob->leases, d.id))
                 continue;
             if (d.next_try_ms < best)
                 best = d.next_try_ms;
@@ -1055,6 +597,7 @@ txn_abort:
 /* Results. */
 
 struct apply_ctx {
+    struct outbox *ob;
     const struct outbox_result *results;
     size_t n;
     int64_t now_ms;
@@ -1064,10 +607,10 @@ static int apply_one(struct outbox *ob, MDB_txn *txn, const struct outbox_result
                      int64_t now_ms)
 {
     char kept[OUTBOX_ERROR_MAX + 1], reason[OUTBOX_ERROR_MAX + 64];
-    uint8_t kb[8], db[OUTBOX_DUE_KEY_LEN];
-    MDB_val key = id_key(res->id, kb), val, dk, empty = {0, NULL};
+    uint8_t kb[8], db[OUTBOX__DUE_KEY_LEN];
+    MDB_val key = dbenv_key_u64(res->id, kb), val, dk;
     Smtpsync__OutboxMessage *r;
-    struct due d;
+    struct outbox_due d;
     char *saved;
     const char *why;
     int rc;
@@ -1081,7 +624,7 @@ static int apply_one(struct outbox *ob, MDB_txn *txn, const struct outbox_result
         return rc;
     if (res->outcome == OUTBOX_DELIVERED)
         return pending_remove(ob, txn, res->id, &val);
-    rc = record_unpack(&val, res->id, false, &r, &why);
+    rc = outbox__record_unpack(&val, res->id, false, &r, &why);
     if (rc == ERROR_CORRUPT) {
         rc = due_find_scan(ob, txn, res->id, &d);
         if (rc != 0 && rc != MDB_NOTFOUND)
@@ -1097,7 +640,7 @@ static int apply_one(struct outbox *ob, MDB_txn *txn, const struct outbox_result
         rc = pending_to_dead(ob, txn, res->id, r, NULL, NULL, res->error, now_ms);
         goto free_record;
     }
-    dk = due_key(r->priority, r->next_try_ms, res->id, db);
+    dk = outbox__due_key(r->priority, r->next_try_ms, res->id, db);
     rc = del_opt(txn, ob->due, &dk);
     if (rc != 0)
         goto free_record;
@@ -1106,27 +649,23 @@ static int apply_one(struct outbox *ob, MDB_txn *txn, const struct outbox_result
     r->next_try_ms = res->next_try_ms < r->expires_ms ? res->next_try_ms : r->expires_ms;
     if (r->next_try_ms < 0)
         r->next_try_ms = 0;
-    error_copy(kept, res->error);
+    outbox__error_copy(kept, res->error);
     saved = r->last_error;
     r->last_error = kept;
-    rc = record_put(txn, ob->pending, r, 0);
+    rc = pending_put(ob, txn, r, 0);
     r->last_error = saved;
-    if (rc == 0) {
-        dk = due_key(r->priority, r->next_try_ms, res->id, db);
-        rc = mdb_put(txn, ob->due, &dk, &empty, 0);
-    }
 free_record:
-    record_free(r);
+    outbox__record_free(r);
     return rc;
 }
 
-static int apply_body(struct outbox *ob, MDB_txn *txn, void *arg)
+static int apply_body(MDB_txn *txn, void *arg)
 {
     struct apply_ctx *c = arg;
     int rc = 0;
 
     for (size_t i = 0; i < c->n && rc == 0; i++)
-        rc = apply_one(ob, txn, &c->results[i], c->now_ms);
+        rc = apply_one(c->ob, txn, &c->results[i], c->now_ms);
     return rc;
 }
 
@@ -1134,7 +673,7 @@ static int apply_body(struct outbox *ob, MDB_txn *txn, void *arg)
  * messages are then tried again, as after a crash. */
 int outbox_apply(struct outbox *ob, const struct outbox_result *results, size_t n, int64_t now_ms)
 {
-    struct apply_ctx c = {results, n, now_ms};
+    struct apply_ctx c = {ob, results, n, now_ms};
     int rc = 0;
 
     if (n == 0)
@@ -1146,9 +685,9 @@ int outbox_apply(struct outbox *ob, const struct outbox_result *results, size_t 
             results[i].outcome != OUTBOX_DEAD && results[i].outcome != OUTBOX_RELEASE)
             rc = ERROR_INVALID;
     if (rc == 0)
-        rc = outbox_write(ob, apply_body, &c, 0);
+        rc = dbenv_write(ob->env, apply_body, &c, 0);
     for (size_t i = 0; i < n; i++)
-        lease_remove(&ob->leases, results[i].id);
+        outbox__lease_remove(&ob->leases, results[i].id);
     return rc;
 }
 
@@ -1156,15 +695,17 @@ int outbox_apply(struct outbox *ob, const struct outbox_result *results, size_t 
 /* Operator actions. */
 
 struct op_ctx {
+    struct outbox *ob;
     uint64_t id;
     int64_t now_ms;
 };
 
-static int retry_body(struct outbox *ob, MDB_txn *txn, void *arg)
+static int retry_body(MDB_txn *txn, void *arg)
 {
     struct op_ctx *c = arg;
-    uint8_t kb[8], db[OUTBOX_DUE_KEY_LEN];
-    MDB_val key = id_key(c->id, kb), val, dk, empty = {0, NULL};
+    struct outbox *ob = c->ob;
+    uint8_t kb[8], db[OUTBOX__DUE_KEY_LEN];
+    MDB_val key = dbenv_key_u64(c->id, kb), val, dk;
     Smtpsync__OutboxMessage *r;
     int64_t now = c->now_ms > 0 ? c->now_ms : 0;
     char *saved_error, *saved_reason;
@@ -1181,7 +722,7 @@ static int retry_body(struct outbox *ob, MDB_txn *txn, void *arg)
     }
     if (rc != 0)
         return rc;
-    rc = record_unpack(&val, c->id, dead, &r, &why);
+    rc = outbox__record_unpack(&val, c->id, dead, &r, &why);
     if (rc != 0)
         return rc;
     if (r->n_rcpt_to == 0) {
@@ -1195,7 +736,7 @@ static int retry_body(struct outbox *ob, MDB_txn *txn, void *arg)
         r->dead_ms = 0;
         rc = mdb_del(txn, ob->dead, &key, NULL);
     } else {
-        dk = due_key(r->priority, r->next_try_ms, c->id, db);
+        dk = outbox__due_key(r->priority, r->next_try_ms, c->id, db);
         rc = del_opt(txn, ob->due, &dk);
     }
     r->next_try_ms = now;
@@ -1207,30 +748,27 @@ static int retry_body(struct outbox *ob, MDB_txn *txn, void *arg)
         r->dead_reason = BORROW_CONST("");
     }
     if (rc == 0)
-        rc = record_put(txn, ob->pending, r, 0);
+        rc = pending_put(ob, txn, r, 0);
     r->last_error = saved_error;
     r->dead_reason = saved_reason;
-    if (rc == 0) {
-        dk = due_key(r->priority, r->next_try_ms, c->id, db);
-        rc = mdb_put(txn, ob->due, &dk, &empty, 0);
-    }
 free_record:
-    record_free(r);
+    outbox__record_free(r);
     return rc;
 }
 
 int outbox_retry(struct outbox *ob, uint64_t id, int64_t now_ms)
 {
-    struct op_ctx c = {id, now_ms};
+    struct op_ctx c = {ob, id, now_ms};
 
-    return outbox_write(ob, retry_body, &c, 0);
+    return dbenv_write(ob->env, retry_body, &c, 0);
 }
 
-static int drop_body(struct outbox *ob, MDB_txn *txn, void *arg)
+static int drop_body(MDB_txn *txn, void *arg)
 {
     struct op_ctx *c = arg;
+    struct outbox *ob = c->ob;
     uint8_t kb[8];
-    MDB_val key = id_key(c->id, kb), val;
+    MDB_val key = dbenv_key_u64(c->id, kb), val;
     bool found = false;
     int rc;
 
@@ -1255,13 +793,25 @@ static int drop_body(struct outbox *ob, MDB_txn *txn, void *arg)
 
 int outbox_drop(struct outbox *ob, uint64_t id)
 {
-    struct op_ctx c = {id, 0};
+    struct op_ctx c = {ob, id, 0};
 
-    return outbox_write(ob, drop_body, &c, 0);
+    return dbenv_write(ob->env, drop_body, &c, 0);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Reading. */
+
+/* The record at a cursor on an id-keyed database (pending, dead), decoded;
+ * ERROR_CORRUPT for a key that is not an id. */
+static int record_at(const MDB_val *k, const MDB_val *v, bool dead, Smtpsync__OutboxMessage **r)
+{
+    const char *why;
+
+    *r = NULL;
+    if (k->mv_size != 8)
+        return ERROR_CORRUPT;
+    return outbox__record_unpack(v, dbenv_get_u64(k->mv_data), dead, r, &why);
+}
 
 /*
  * Decodes the first OUTBOX_LIST_LIMIT records, then calls cb for each
@@ -1280,7 +830,7 @@ int outbox_each(struct outbox *ob, bool dead, outbox_each_cb cb, void *arg)
     list = calloc(OUTBOX_LIST_LIMIT, sizeof(*list));
     if (list == NULL)
         return -ENOMEM;
-    rc = lmdb_error(txn_read(ob, &txn));
+    rc = dbenv_txn_read(ob->env, &txn);
     if (rc != 0)
         goto free_list;
     rc = mdb_cursor_open(txn, dead ? ob->dead : ob->pending, &cur);
@@ -1289,16 +839,11 @@ int outbox_each(struct outbox *ob, bool dead, outbox_each_cb cb, void *arg)
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && n < OUTBOX_LIST_LIMIT;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         Smtpsync__OutboxMessage *r;
-        const char *why;
 
-        if (k.mv_size != 8) {
-            rc = ERROR_CORRUPT;
-            break;
-        }
-        rc = record_unpack(&v, get_be64(k.mv_data), dead, &r, &why);
+        rc = record_at(&k, &v, dead, &r);
         if (rc == 0)
-            rc = msg_from_record(r, false, &list[n]);
-        record_free(r);
+            rc = outbox__msg_from_record(r, false, &list[n]);
+        outbox__record_free(r);
         if (rc != 0)
             break;
         n++;
@@ -1308,7 +853,7 @@ int outbox_each(struct outbox *ob, bool dead, outbox_each_cb cb, void *arg)
     mdb_cursor_close(cur);
 txn_abort:
     mdb_txn_abort(txn);
-    rc = lmdb_error(rc);
+    rc = dbenv_error(rc);
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = cb(list[i], dead, arg);
 free_list:
@@ -1329,9 +874,9 @@ int outbox_depth(struct outbox *ob, struct outbox_depth *out)
     int rc;
 
     memset(out, 0, sizeof(*out));
-    rc = txn_read(ob, &txn);
+    rc = dbenv_txn_read(ob->env, &txn);
     if (rc != 0)
-        return lmdb_error(rc);
+        return rc;
     rc = mdb_stat(txn, ob->due, &sdue);
     if (rc == 0)
         rc = mdb_stat(txn, ob->dead, &sdead);
@@ -1353,13 +898,13 @@ int outbox_depth(struct outbox *ob, struct outbox_depth *out)
     }
 txn_abort:
     mdb_txn_abort(txn);
-    return lmdb_error(rc);
+    return dbenv_error(rc);
 }
 
 /* Walks one id-keyed database for outbox_verify(). */
 static int verify_ids(struct outbox *ob, MDB_txn *txn, bool dead, uint64_t *last, size_t *n)
 {
-    uint8_t db[OUTBOX_DUE_KEY_LEN];
+    uint8_t db[OUTBOX__DUE_KEY_LEN];
     MDB_cursor *cur;
     MDB_val k, v, dk, x;
     int rc;
@@ -1370,27 +915,22 @@ static int verify_ids(struct outbox *ob, MDB_txn *txn, bool dead, uint64_t *last
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         Smtpsync__OutboxMessage *r;
-        const char *why;
 
-        if (k.mv_size != 8) {
-            rc = ERROR_CORRUPT;
-            break;
-        }
-        *last = get_be64(k.mv_data);
-        rc = record_unpack(&v, *last, dead, &r, &why);
+        rc = record_at(&k, &v, dead, &r);
         if (rc != 0)
             break;
+        *last = r->id; /* the key's: outbox__record_unpack() checks it */
         if (dead) {
             /* In one place at a time. */
             rc = mdb_get(txn, ob->pending, &k, &x);
             rc = rc == 0 ? ERROR_CORRUPT : rc == MDB_NOTFOUND ? 0 : rc;
         } else {
-            dk = due_key(r->priority, r->next_try_ms, *last, db);
+            dk = outbox__due_key(r->priority, r->next_try_ms, *last, db);
             rc = r->next_try_ms < 0 ? ERROR_CORRUPT : mdb_get(txn, ob->due, &dk, &x);
             if (rc == MDB_NOTFOUND)
                 rc = ERROR_CORRUPT;
         }
-        record_free(r);
+        outbox__record_free(r);
         if (rc != 0)
             break;
         (*n)++;
@@ -1407,9 +947,9 @@ int outbox_verify(struct outbox *ob)
     MDB_txn *txn;
     int rc;
 
-    rc = txn_read(ob, &txn);
+    rc = dbenv_txn_read(ob->env, &txn);
     if (rc != 0)
-        return lmdb_error(rc);
+        return rc;
     rc = next_id_read(ob, txn, &next);
     if (rc == 0)
         rc = verify_ids(ob, txn, false, &last_pending, &npending);
@@ -1421,5 +961,5 @@ int outbox_verify(struct outbox *ob)
     if (rc == 0 && (sdue.ms_entries != npending || next <= last_pending || next <= last_dead))
         rc = ERROR_CORRUPT;
     mdb_txn_abort(txn);
-    return lmdb_error(rc);
+    return dbenv_error(rc);
 }

@@ -19,6 +19,11 @@
  *   - SMTP_FAIL_SETTINGS also covers a message the client cannot send as
  *     given (no recipient, a control character in an address): it is
  *     permanent, like the settings problems it is named after.
+ *   - Every end of a session but a clean QUIT or a cancel is reported
+ *     through on_step as a failed step of the phase the session was in
+ *     (smtp_client__finish adds it when the code that failed did not), so
+ *     that Test Connection never has to guess where a session broke. A
+ *     failure met while handling a reply quotes it, malformed or not.
  */
 #include "internal.h"
 
@@ -163,6 +168,7 @@ void smtp_client__step(struct smtp_client *c, enum smtp_client_step_kind kind, b
     };
 
     c->step_start = now;
+    c->step_failed = !ok;
     if (c->cb.on_step != NULL)
         c->cb.on_step(c->ctx, &step);
 }
@@ -211,9 +217,52 @@ void smtp_client__maybe_finalize(struct smtp_client *c)
     client_free(c);
 }
 
+/* The step a failure in state s belongs to. */
+static enum smtp_client_step_kind phase_step(enum smtp_client_state s)
+{
+    switch (s) {
+    case SMTP_CLIENT_INIT:
+    case SMTP_CLIENT_RESOLVE:
+        return SMTP_STEP_RESOLVE;
+    case SMTP_CLIENT_CONNECT:
+        return SMTP_STEP_CONNECT;
+    case SMTP_CLIENT_TLS:
+    case SMTP_CLIENT_STARTTLS_TLS:
+        return SMTP_STEP_TLS;
+    case SMTP_CLIENT_GREETING:
+        return SMTP_STEP_GREETING;
+    case SMTP_CLIENT_EHLO:
+    case SMTP_CLIENT_HELO:
+        return SMTP_STEP_EHLO;
+    case SMTP_CLIENT_STARTTLS:
+        return SMTP_STEP_STARTTLS;
+    case SMTP_CLIENT_AUTH:
+        return SMTP_STEP_AUTH;
+    case SMTP_CLIENT_RSET: /* the start of the next transaction */
+    case SMTP_CLIENT_MAIL:
+        return SMTP_STEP_MAIL;
+    case SMTP_CLIENT_RCPT:
+        return SMTP_STEP_RCPT;
+    case SMTP_CLIENT_DATA:
+    case SMTP_CLIENT_BODY:
+    case SMTP_CLIENT_DOT:
+        return SMTP_STEP_DATA;
+    case SMTP_CLIENT_READY: /* between transactions: the end of the session */
+    case SMTP_CLIENT_IDLE:
+    case SMTP_CLIENT_QUIT:
+    case SMTP_CLIENT_CLOSING:
+    case SMTP_CLIENT_CLOSED:
+        return SMTP_STEP_QUIT;
+    }
+    abort();
+}
+
 void smtp_client__finish(struct smtp_client *c, enum smtp_fail fail, const char *fmt, ...)
 {
     const struct smtp_client_msg *msg = c->msg;
+    enum smtp_client_state phase = c->state;
+    char reply[SMTP_CLIENT_REPLY_TEXT_MAX];
+    bool report;
     va_list ap;
 
     if (c->state >= SMTP_CLIENT_CLOSING)
@@ -222,7 +271,14 @@ void smtp_client__finish(struct smtp_client *c, enum smtp_fail fail, const char 
     va_start(ap, fmt);
     vsnprintf(c->reason, sizeof(c->reason), fmt, ap);
     va_end(ap);
+    report = fail != SMTP_FAIL_NONE && fail != SMTP_FAIL_CANCELLED && !c->step_failed;
+    if (report && c->in_reply)
+        smtp_reply_received(&c->reply, reply, sizeof(reply));
+    /* Closing first: a cancel from on_step finds the session ending. */
     smtp_client__set_state(c, SMTP_CLIENT_CLOSING);
+    if (report)
+        smtp_client__step(c, phase_step(phase), false, fail, c->reason,
+                          c->in_reply && reply[0] != '\0' ? reply : NULL);
     if (msg != NULL) {
         c->result.fail = fail;
         if (c->result.code == 0)
@@ -333,8 +389,12 @@ void smtp_client__input(struct smtp_client *c, const char *data, size_t len)
 
         off += used;
         if (rc == ERROR_DECODE) {
-            smtp_client__finish(c, SMTP_FAIL_PROTOCOL, "malformed reply from %s in state %s: %s",
-                                c->host, smtp_client__state_name(c->state), c->reply.why);
+            char what[SMTP_CLIENT_REASON_MAX];
+
+            smtp_client__what(c, what, sizeof(what));
+            c->in_reply = true;
+            smtp_client__finish(c, SMTP_FAIL_PROTOCOL, "malformed reply to %s from %s: %s", what,
+                                c->host, c->reply.why);
             return;
         }
         if (rc == SMTP_REPLY_AGAIN)
@@ -352,12 +412,17 @@ void smtp_client__input(struct smtp_client *c, const char *data, size_t len)
             char what[SMTP_CLIENT_REASON_MAX];
 
             smtp_client__what(c, what, sizeof(what));
+            c->in_reply = true;
             smtp_client__finish(c, SMTP_FAIL_PROTOCOL,
                                 "%s sent more than one reply to %s (%zu octets more)", c->host,
                                 what, c->rx_left);
             return;
         }
+        /* A failure while handling it quotes it, unless a command went out
+         * since (smtp_client__send); c lives on until the loop turns. */
+        c->in_reply = true;
         smtp_client__event(c, SMTP_CLIENT_EV_REPLY);
+        c->in_reply = false;
     }
 }
 
@@ -657,10 +722,7 @@ static void event_eof(struct smtp_client *c)
         return;
     case SMTP_CLIENT_TLS:
     case SMTP_CLIENT_STARTTLS_TLS:
-        smtp_client__step(c, SMTP_STEP_TLS, false, SMTP_FAIL_TLS_HANDSHAKE, "connection closed",
-                          NULL);
-        smtp_client__finish(c, SMTP_FAIL_TLS_HANDSHAKE,
-                            "%s closed the connection during the TLS handshake", c->host);
+        smtp_client__tls_eof(c);
         return;
     default:
         smtp_client__finish(c, SMTP_FAIL_CLOSED, "%s closed the connection (state %s)", c->host,
@@ -771,6 +833,10 @@ void smtp_client__set_state(struct smtp_client *c, enum smtp_client_state s)
     log_debug("smtp %s: %s -> %s", c->peer[0] != '\0' ? c->peer : c->host,
               smtp_client__state_name(old), smtp_client__state_name(s));
     c->state = s;
+    /* A failed step is followed by the end at once, or the session goes
+     * on (a refused transaction) and the next failure needs its own. */
+    if (s < SMTP_CLIENT_CLOSING)
+        c->step_failed = false;
     switch (s) {
     case SMTP_CLIENT_INIT:
     case SMTP_CLIENT_RESOLVE:

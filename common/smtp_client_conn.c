@@ -16,7 +16,9 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <openssl/bio.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 
@@ -147,6 +149,8 @@ int smtp_client__send(struct smtp_client *c, const char *data, size_t len, bool 
 {
     if (c->state >= SMTP_CLIENT_CLOSING)
         return -ECANCELED;
+    /* What fails from now on is the new command's, not the last reply's. */
+    c->in_reply = false;
     if (!c->tls_on)
         return raw_write(c, data, len, secret);
     if (tlsio_write(c->tls, data, len) < 0) {
@@ -349,13 +353,33 @@ static enum smtp_fail cert_fail(long verify)
     }
 }
 
-/* "subject=... san=... expires=... chain=ok" for the CERTIFICATE step. */
+/* A certificate's issuer as pem_subject() writes a subject: RFC 2253
+ * order, ", " between parts, control and 8-bit octets escaped. */
+static void cert_issuer(X509 *cert, char *buf, size_t len)
+{
+    unsigned long flags = (XN_FLAG_RFC2253 & ~XN_FLAG_SEP_MASK) | XN_FLAG_SEP_CPLUS_SPC;
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *data;
+    long n;
+
+    snprintf(buf, len, "(no issuer)");
+    if (bio == NULL)
+        return;
+    if (X509_NAME_print_ex(bio, X509_get_issuer_name(cert), 0, flags) >= 0 &&
+        (n = BIO_get_mem_data(bio, &data)) > 0)
+        snprintf(buf, len, "%.*s", (int)(n > 4096 ? 4096 : n), data);
+    BIO_free(bio);
+    ERR_clear_error();
+}
+
+/* "subject=... issuer=... san=... expires=... chain=ok" for the
+ * CERTIFICATE step. */
 static void cert_detail(struct smtp_client *c, long verify, char *buf, size_t len)
 {
     SSL *ssl = tlsio_ssl(c->tls);
     X509 *leaf = SSL_get0_peer_certificate(ssl);
     const char *chain = verify == X509_V_OK ? "ok" : X509_verify_cert_error_string(verify);
-    char subject[256] = "", names[256] = "", expires[32] = "?";
+    char subject[256] = "", issuer[256] = "", names[256] = "", expires[32] = "?";
 
     /* A client that refused the chain keeps it, but not the leaf. */
     if (leaf == NULL) {
@@ -369,6 +393,7 @@ static void cert_detail(struct smtp_client *c, long verify, char *buf, size_t le
         return;
     }
     pem_subject(leaf, subject, sizeof(subject));
+    cert_issuer(leaf, issuer, sizeof(issuer));
     pem_names(leaf, names, sizeof(names));
     {
         long long t = pem_not_after(leaf);
@@ -378,7 +403,7 @@ static void cert_detail(struct smtp_client *c, long verify, char *buf, size_t le
         if (t >= 0 && gmtime_r(&tt, &tm) != NULL)
             strftime(expires, sizeof(expires), "%Y-%m-%dT%H:%M:%SZ", &tm);
     }
-    snprintf(buf, len, "subject=%s san=%s expires=%s chain=%s", subject,
+    snprintf(buf, len, "subject=%s issuer=%s san=%s expires=%s chain=%s", subject, issuer,
              names[0] != '\0' ? names : "none", expires, chain);
 }
 
@@ -390,7 +415,10 @@ static bool looks_like_reply(const char *p, size_t len)
            p[2] <= '9' && (p[3] == ' ' || p[3] == '-');
 }
 
-static void tls_failed(struct smtp_client *c)
+/* The handshake failed: the step and the end, from OpenSSL's reason
+ * (tlsio_why) and the verification result. `eof`: the server closed the
+ * connection, which OpenSSL then reported. */
+static void tls_failed(struct smtp_client *c, bool eof)
 {
     SSL *ssl = tlsio_ssl(c->tls);
     long verify = SSL_get_verify_result(ssl);
@@ -420,9 +448,19 @@ static void tls_failed(struct smtp_client *c)
                             "%s offers no TLS version at or above 1.2 (%s)", c->host, why);
         return;
     }
-    smtp_client__step(c, SMTP_STEP_TLS, false, SMTP_FAIL_TLS_HANDSHAKE, why, NULL);
+    if (!eof)
+        snprintf(detail, sizeof(detail), "%s", why[0] != '\0' ? why : "unknown reason");
+    else if (c->tls_rx == 0)
+        snprintf(detail, sizeof(detail),
+                 "the server closed the connection without answering the handshake (%s)",
+                 why[0] != '\0' ? why : "no reason given");
+    else
+        snprintf(detail, sizeof(detail),
+                 "the server closed the connection after %zu octets of the handshake (%s)",
+                 c->tls_rx, why[0] != '\0' ? why : "no reason given");
+    smtp_client__step(c, SMTP_STEP_TLS, false, SMTP_FAIL_TLS_HANDSHAKE, detail, NULL);
     smtp_client__finish(c, SMTP_FAIL_TLS_HANDSHAKE, "TLS handshake with %s failed: %s", c->host,
-                        why[0] != '\0' ? why : "unknown reason");
+                        detail);
 }
 
 /* The handshake is complete: report it, then go on to SMTP. */
@@ -449,13 +487,29 @@ static void tls_drive(struct smtp_client *c)
     int rc = tlsio_handshake(c->tls);
 
     if (rc < 0) {
-        tls_failed(c);
+        tls_failed(c, false);
         return;
     }
     if (tls_flush(c) < 0)
         return;
     if (rc == 0)
         tls_done(c);
+}
+
+void smtp_client__tls_eof(struct smtp_client *c)
+{
+    /* Every octet received was handed to OpenSSL already: told that no
+     * more come, it says what it makes of them (a truncated record, or
+     * nothing at all). */
+    tlsio_feed_eof(c->tls);
+    if (tlsio_handshake(c->tls) < 0) {
+        tls_failed(c, true);
+        return;
+    }
+    smtp_client__step(c, SMTP_STEP_TLS, false, SMTP_FAIL_TLS_HANDSHAKE,
+                      "the server closed the connection during the handshake", NULL);
+    smtp_client__finish(c, SMTP_FAIL_TLS_HANDSHAKE,
+                        "%s closed the connection during the TLS handshake", c->host);
 }
 
 void smtp_client__tls_start(struct smtp_client *c)
@@ -529,10 +583,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     handshaking = !c->tls_on;
     if (handshaking && c->tls_rx == 0 && looks_like_reply(buf->base, (size_t)nread)) {
+        size_t n = 0;
         char q[80];
 
-        smtp_reply_escape(q, sizeof(q), buf->base, (size_t)nread < 60 ? (size_t)nread : 60);
-        smtp_client__step(c, SMTP_STEP_TLS, false, SMTP_FAIL_TLS_NOT_TLS, q, NULL);
+        /* Its first line (60 octets at most), as the step's server reply. */
+        while (n < (size_t)nread && n < 60 && buf->base[n] != '\r' && buf->base[n] != '\n')
+            n++;
+        smtp_reply_escape(q, sizeof(q), buf->base, n);
+        smtp_client__step(c, SMTP_STEP_TLS, false, SMTP_FAIL_TLS_NOT_TLS,
+                          "the server answered in plaintext", q);
         if (c->state == SMTP_CLIENT_STARTTLS_TLS)
             smtp_client__finish(c, SMTP_FAIL_TLS_NOT_TLS,
                                 "%s answered in plaintext after its 220 to STARTTLS (\"%s\")",

@@ -28,7 +28,9 @@ void smtp_client__mail_done(struct smtp_client *c)
     const struct smtp_client_msg *msg = c->msg;
 
     c->result.naccepted = c->naccepted;
-    c->result.rcpts = c->rcpts;
+    /* Only once a RCPT reply is matched to its recipient (rcpt_next counts
+     * them): a session that failed at MAIL, pipelined or not, has none. */
+    c->result.rcpts = c->rcpt_next > 0 ? c->rcpts : NULL;
     /* Cleared first: a cancel from on_done finds no message held. */
     c->msg = NULL;
     c->cb.on_done(c->ctx, msg, &c->result);
@@ -50,7 +52,11 @@ static bool refuse(struct smtp_client *c, enum smtp_fail f, const char *fmt, ...
     vsnprintf(c->result.reason, sizeof(c->result.reason), fmt, ap);
     va_end(ap);
     c->result.fail = f;
-    smtp_client__mail_done(c);
+    /* Nothing was sent: the MAIL step fails without a reply. */
+    if (c->verbose_steps)
+        smtp_client__step(c, SMTP_STEP_MAIL, false, f, c->result.reason, NULL);
+    if (c->msg != NULL)
+        smtp_client__mail_done(c);
     return false;
 }
 
@@ -274,9 +280,13 @@ static void rcpt_reply(struct smtp_client *c)
     res->code = code;
     smtp_reply_summary(&c->reply, res->text, sizeof(res->text));
     smtp_client__what(c, what, sizeof(what));
-    verbose_step(c, SMTP_STEP_RCPT, ok, what);
-    if (c->state != SMTP_CLIENT_RCPT)
-        return;
+    /* After a refused pipelined MAIL, the server refuses every RCPT for
+     * want of a sender: the MAIL step said why already. */
+    if (c->mail_ok) {
+        verbose_step(c, SMTP_STEP_RCPT, ok, what);
+        if (c->state != SMTP_CLIENT_RCPT)
+            return;
+    }
     if (ok)
         c->naccepted++;
     else if (c->mail_ok && (c->fail_code == 0 || (code / 100 == 4 && c->fail_code / 100 == 5)))

@@ -301,3 +301,21 @@ void smtp_reply_summary(const struct smtp_reply *r, char *buf, size_t len)
     }
     buf[pos] = '\0';
 }
+
+void smtp_reply_received(const struct smtp_reply *r, char *buf, size_t len)
+{
+    size_t pos = r->text_len < len ? r->text_len : len - 1;
+
+    if (len == 0)
+        return;
+    /* `text` is escaped already and ends in "..." when it was cut; a
+     * buffer of SMTP_REPLY_TEXT_MAX holds it whole. */
+    memcpy(buf, r->text, pos);
+    buf[pos] = '\0';
+    /* The offending line, unless the reply was whole (it is in `text`). */
+    if (r->text_cut || r->line_len == 0 || r->line_done)
+        return;
+    if (pos > 0 && pos + 1 < len)
+        buf[pos++] = '\n';
+    smtp_reply_escape(buf + pos, len - pos, r->line, r->line_len);
+}

@@ -93,6 +93,14 @@ const char *smtp_reply_line_text(const struct smtp_reply *r);
 void smtp_reply_summary(const struct smtp_reply *r, char *buf, size_t len);
 
 /*
+ * What was received of the current reply, for quoting one refused as
+ * malformed: its complete lines as in `text`, then (after "\n") the part
+ * of the offending line the parser holds, escaped as by smtp_reply_escape()
+ * and cut with "..." when too long. Always NUL-terminated.
+ */
+void smtp_reply_received(const struct smtp_reply *r, char *buf, size_t len);
+
+/*
  * Escapes `inlen` octets for showing them: a backslash as "\\", octets
  * below 0x20, 0x7f and above as "\xHH", the rest as they are. Writes at
  * most len - 1 octets and a NUL (an escape is never cut in half; what does

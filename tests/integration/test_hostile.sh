@@ -74,6 +74,12 @@ conntest() {
     fi
     text=$(step_text "$failed" 2>/dev/null || true)
     assert_match "$scenario: diagnosis" "$text" "$diag"
+    # The client names the step it failed at: a plaintext session never
+    # fails at (or even has) a TLS step.
+    if [ "$mode" = plain ]; then
+        assert_eq "$scenario: no TLS step on a plaintext session" "" \
+            "$(json "' '.join(kind(s) for s in d['steps'] if kind(s) in ('tls', 'certificate'))")"
+    fi
     # Both runs together stay well inside the timeouts under test.
     assert_true "$scenario: quick ($((SECONDS - start)) s)" [ $((SECONDS - start)) -lt 30 ]
     # Nothing the server could not be trusted with ever reached it.
@@ -81,6 +87,11 @@ conntest() {
         assert_false "$scenario: no MAIL sent" hostile_sent "$scenario" MAIL
     fi
     assert_eq "$scenario: nothing delivered" 0 "$(hostile_delivered "$scenario")"
+}
+
+# step_field KIND FIELD: FIELD of the first step of KIND in $OUT (JSON).
+step_field() {
+    json "next((str(s.get('$2') or '') for s in d['steps'] if kind(s) == '$1'), '')"
 }
 
 # ---- Test Connection, one scenario each ----
@@ -100,25 +111,36 @@ assert_false "starttls-injection: no AUTH" hostile_sent starttls-injection AUTH
 conntest wrong-hostname-cert strict 'certificate|tls' 'hostname|name|127\.0\.0\.1|wrong\.test' \
     --cert "$T/wrong.pem" --key "$T/wrong.key"
 
-conntest other-ca-cert strict 'certificate|tls' 'imported|not signed|chain|issuer|trust' \
+conntest other-ca-cert strict 'certificate' \
+    'certificate \(issuer CN=unrelated test CA\) is not signed by the imported certificate \(subject CN=smtpsync test CA\)' \
     --cert "$T/otherca.pem" --key "$T/otherca.key"
 
 conntest expired-cert strict 'certificate|tls' 'expired' \
     --cert "$T/expired.pem" --key "$T/expired.key"
 
-conntest tls10-only strict 'tls' 'TLS ?v?1\.0|TLSv1([^.]|$)|protocol|version' \
+# The server's protocol_version alert reaches the step (OpenSSL's reason),
+# and the diagnosis says what it means.
+conntest tls10-only strict 'tls' 'offers only TLS versions older than 1\.2' \
     --cert "$T/good.pem" --key "$T/good.key"
+assert_match "tls10-only: OpenSSL's reason in the step" "$(step_field tls detail)" \
+    'protocol version|unsupported protocol'
+assert_contains "tls10-only: the server sent its alert" "$(cat "$T/tls10-only.smtp")" \
+    'unsupported protocol' 
 
 conntest auth-fail strict 'auth' '535' --cert "$T/good.pem" --key "$T/good.key" \
     -- --logon --user u --password-file "$PW"
 
-conntest 421-mid-session plain 'mail' '421'
+# 421 to the pipelined MAIL: the MAIL step, with the reply, and a diagnosis
+# that the server closed the session.
+conntest 421-mid-session plain 'mail' 'closed the session in reply to MAIL FROM \(421: service temporarily unavailable\)'
+assert_match "421-mid-session: the reply" "$(step_field mail server_reply)" '^421 4\.3\.2 '
 
 conntest slow-greeting plain 'greeting' 'time' -- --timeout-greeting 2
 
 conntest endless-multiline plain 'ehlo' 'lines|too many|too long|reply'
 
-conntest oversized-line plain 'greeting' '512|long|line'
+conntest oversized-line plain 'greeting' 'longer than 512 octets'
+assert_match "oversized-line: the line quoted" "$(step_field greeting server_reply)" '^220 xxxxxxxx'
 
 conntest tempfail-then-ok plain 'rcpt' '451' --fail-times 1000
 

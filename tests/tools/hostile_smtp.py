@@ -44,7 +44,10 @@ Scenarios (default TLS mode in brackets):
   ok                    [none]      no misbehaviour (a reference server)
 
 TLS modes other than none need --cert and --key (PEM; --cert may hold the
-chain).
+chain). Implicit TLS is served over memory BIOs (TLSStream), not asyncio's
+ssl transport: that one drops the alert of a failed handshake (a
+TLS-1.0-only server's protocol_version) and just closes, which no real
+server does.
 """
 
 import argparse
@@ -87,6 +90,107 @@ class Closed(Exception):
     """The session is over (client gone, or the scenario closed it)."""
 
 
+class TLSStream:
+    """Server-side TLS over an asyncio stream pair, through memory BIOs, as
+    the reader and the writer of a session (readline, read, write, drain,
+    get_extra_info, close). Unlike asyncio's ssl transport, a failed
+    handshake sends its alert before the connection closes."""
+
+    def __init__(self, reader, writer, ctx):
+        self.raw_reader = reader
+        self.raw_writer = writer
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.buf = bytearray()
+        self.eof = False
+
+    async def _flush(self):
+        data = self.outgoing.read()
+        if data:
+            self.raw_writer.write(data)
+            await self.raw_writer.drain()
+
+    async def _fill(self):
+        data = await self.raw_reader.read(65536)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+
+    async def handshake(self):
+        while True:
+            try:
+                self.obj.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+                continue
+            except ssl.SSLError:
+                await self._flush()  # the alert, as a real server sends it
+                raise
+            await self._flush()
+            return
+
+    async def _more(self):
+        """Decrypts at least one more octet into buf; False at the end."""
+        while not self.eof:
+            try:
+                data = self.obj.read(65536)
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+                continue
+            except ssl.SSLZeroReturnError:
+                data = b""
+            except ssl.SSLEOFError:
+                data = b""
+            await self._flush()
+            if not data:
+                self.eof = True
+                return False
+            self.buf += data
+            return True
+        return False
+
+    async def readline(self):
+        while b"\n" not in self.buf:
+            if len(self.buf) > LINE_MAX:
+                raise asyncio.LimitOverrunError("line too long", len(self.buf))
+            if not await self._more():
+                break
+        i = self.buf.find(b"\n")
+        n = i + 1 if i >= 0 else len(self.buf)
+        line = bytes(self.buf[:n])
+        del self.buf[:n]
+        return line
+
+    async def read(self, n=-1):
+        if not self.buf:
+            await self._more()
+        n = len(self.buf) if n < 0 else min(n, len(self.buf))
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def write(self, data):
+        self.obj.write(data)
+
+    async def drain(self):
+        await self._flush()
+
+    def get_extra_info(self, name, default=None):
+        if name == "ssl_object":
+            return self.obj
+        return self.raw_writer.get_extra_info(name, default)
+
+    async def start_tls(self, ctx):
+        raise Closed("STARTTLS inside implicit TLS")
+
+    def close(self):
+        self.raw_writer.close()
+
+
 class Server:
     def __init__(self, args):
         self.args = args
@@ -124,10 +228,16 @@ class Server:
         self.connections += 1
         conn = self.connections
         self.log(conn, "-- connect (tls %s)" % self.tls_mode)
-        session = Session(self, conn, reader, writer)
         try:
+            if self.tls_mode == "implicit":
+                tls = TLSStream(reader, writer, self.ctx)
+                await asyncio.wait_for(tls.handshake(), 10)
+                self.log(conn, "-- TLS established: %s" % tls.obj.version())
+                reader = writer = tls
+            session = Session(self, conn, reader, writer)
             await session.run()
-        except (Closed, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+        except (Closed, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError,
+                asyncio.TimeoutError) as e:
             self.log(conn, "-- end: %s" % (type(e).__name__ if not str(e) else e))
         except asyncio.LimitOverrunError:
             self.log(conn, "-- end: client line too long")
@@ -364,14 +474,8 @@ async def main():
         server.log(0, "-- %s%s" % (context.get("message", ""), ": %s" % exc if exc else ""))
 
     loop.set_exception_handler(quiet)
-    srv = await asyncio.start_server(
-        server.handle,
-        "127.0.0.1",
-        args.port,
-        ssl=server.ctx if server.tls_mode == "implicit" else None,
-        limit=LINE_MAX,
-        ssl_handshake_timeout=10 if server.tls_mode == "implicit" else None,
-    )
+    # Implicit TLS is done by TLSStream in handle(), not by asyncio.
+    srv = await asyncio.start_server(server.handle, "127.0.0.1", args.port, limit=LINE_MAX)
     port = srv.sockets[0].getsockname()[1]
     write_port_file(args.port_file, port)
     print(port, flush=True)

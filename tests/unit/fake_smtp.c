@@ -239,6 +239,10 @@ static bool fake_tls_input(struct fake_conn *c, const char *data, size_t len)
     size_t got;
     int rc;
 
+    if (!c->tls_up && c->s->p.tls_silent_close) {
+        fake_smtp__conn_close(c);
+        return false;
+    }
     if (tlsio_feed(c->tls, data, len) < 0)
         fake_smtp__oom();
     if (!c->tls_up) {
@@ -327,6 +331,10 @@ static void fake_connection(uv_stream_t *server, int status)
         fake_smtp__conn_close(c);
         return;
     }
+    /* Replies are small and answered one by one: without this, Nagle holds
+     * a reply back until the client's delayed ACK (~40 ms after a TLS
+     * handshake). */
+    (void)uv_tcp_nodelay(&c->tcp, 1);
     s->nconnections++;
     if (s->p.implicit_tls && tlsio_new(s->ctx, true, NULL, &c->tls) < 0) {
         fake_smtp__conn_close(c);

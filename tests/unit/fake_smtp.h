@@ -38,6 +38,9 @@ struct fake_smtp_params {
     int tls_max_version;         /* e.g. TLS1_1_VERSION for an outdated server (security
                                     level 0 then); 0: OpenSSL's default */
     bool smtputf8;               /* advertise SMTPUTF8 */
+    bool tls_silent_close;       /* drop the connection at the first TLS octet from the client,
+                                    without an alert (as an outdated server on Python's asyncio
+                                    does: the client cannot tell why) */
 };
 
 /* Listens on 127.0.0.1, port chosen by the kernel (*port). The strings of
@@ -52,14 +55,16 @@ void fake_smtp_stop(struct fake_smtp *s);
 
 /* Verbs match case-insensitively; scripts of one verb are used in the
  * order given; a count of 0 means every such command from now on. A reply
- * missing its final CRLF gets one. A scripted reply takes effect as the
- * default would when its (last line's) code is 2xx or 3xx: a 354 to DATA
- * reads a message, a 2xx to DATA-END records it, a 235 to AUTH
- * authenticates, a 334 to AUTH continues it; a reply to STARTTLS whose
- * first line is 220 starts TLS, every line of it going out in one write
- * before the handshake (the injection case). "AUTH-RESULT" is the verb of
- * the reply that ends an AUTH exchange. The server calls itself fake.test;
- * MAIL needs EHLO/HELO first, as Postfix does. */
+ * missing its final CRLF gets one; one whose last line has no code is sent
+ * all the same (garbage, for the client's tests), greeting included. A
+ * scripted reply takes effect as the default would when its (last line's)
+ * code is 2xx or 3xx: a 354 to DATA reads a message, a 2xx to DATA-END
+ * records it, a 235 to AUTH authenticates, a 334 to AUTH continues it; a
+ * reply to STARTTLS whose first line is 220 starts TLS, every line of it
+ * going out in one write before the handshake (the injection case).
+ * "AUTH-RESULT" is the verb of the reply that ends an AUTH exchange. The
+ * server calls itself fake.test; MAIL needs EHLO/HELO first, as Postfix
+ * does. */
 void fake_smtp_script(struct fake_smtp *s, const char *verb, const char *reply, unsigned count);
 
 /* What was received. Messages are the DATA octets after un-dot-stuffing,

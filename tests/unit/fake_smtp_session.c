@@ -114,9 +114,10 @@ static int fake_reply_code(const char *r, size_t len)
 
 /*
  * Queues `scripted` if not NULL, else `dflt`, adding a missing final CRLF.
- * Returns the reply's code, or 0 if a script of "" ended the connection
- * instead or one of NULL made the server fall silent: the replies before
- * are sent, nothing more is read or answered until the client closes.
+ * Returns the code of its last line (0 if that has none: garbage is sent
+ * as scripted), or -1 if a script of "" ended the connection instead or
+ * one of NULL made the server fall silent: the replies before are sent,
+ * nothing more is read or answered until the client closes.
  */
 static int fake_reply_with(struct fake_conn *c, const char *scripted, const char *dflt)
 {
@@ -126,11 +127,11 @@ static int fake_reply_with(struct fake_conn *c, const char *scripted, const char
     if (r == fake_silent) {
         fake_smtp__flush(c);
         c->ending = true;
-        return 0;
+        return -1;
     }
     if (len == 0) {
         fake_smtp__conn_end(c);
-        return 0;
+        return -1;
     }
     fake_smtp__buf_add(&c->out, r, len);
     if (r[len - 1] != '\n')
@@ -558,7 +559,7 @@ static void fake_cmd_starttls(struct fake_conn *c)
     else if (!s->p.starttls || s->ctx == NULL)
         dflt = "502 5.5.1 Error: command not implemented";
     /* The first line decides: a scripted "220 ...\r\n250 injected" starts TLS. */
-    if (fake_reply_with(c, scripted, dflt) == 0 ||
+    if (fake_reply_with(c, scripted, dflt) < 0 ||
         strncmp(scripted != NULL ? scripted : dflt, "220", 3) != 0 || c->tls != NULL ||
         s->ctx == NULL)
         return;
@@ -687,7 +688,7 @@ void fake_smtp__greet(struct fake_conn *c)
         return;
     c->greeted = true;
     snprintf(banner, sizeof(banner), "220 %s ESMTP fake_smtp", FAKE_SMTP_NAME);
-    if (fake_reply(c, "GREETING", banner) == 0)
+    if (fake_reply(c, "GREETING", banner) < 0)
         return;
     fake_smtp__process(c);
 }

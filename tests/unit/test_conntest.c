@@ -13,6 +13,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <uv.h>
 
@@ -552,8 +553,10 @@ static void test_conntest_cert_other_ca(void **state)
     trust(f, "other-ca.pem", SETTINGS_TLS_STRICT);
     run(f);
     st = failed_step(f->result);
-    assert_has(st->diagnosis, "is not signed by the imported certificate (subject CN=unrelated "
-                              "test CA)");
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_CERTIFICATE);
+    assert_has(st->detail, "issuer=CN=smtpsync test CA");
+    assert_has(st->diagnosis, "the server's certificate (issuer CN=smtpsync test CA) is not signed "
+                              "by the imported certificate (subject CN=unrelated test CA)");
 }
 
 /* A certificate for 127.0.0.1 signed by the test CA that expired in 2020,
@@ -684,6 +687,151 @@ static void test_conntest_auth_unavailable(void **state)
     assert_has(st->diagnosis, "the server offers no AUTH mechanism: is logon required?");
 }
 
+/* No step of a plaintext session is ever a TLS step. */
+static void assert_no_tls_step(const Smtpsync__TestResult *r)
+{
+    assert_int_equal(find_step(r, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS, 0), -1);
+    assert_int_equal(find_step(r, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_CERTIFICATE, 0), -1);
+}
+
+/* A 421 to a pipelined MAIL: the server closed the session at MAIL. */
+static void test_conntest_421_pipelined_mail(void **state)
+{
+    struct fixture *f = *state;
+    struct fake_smtp_params p = {.pipelining = true};
+    const Smtpsync__TestStep *st;
+    char *text;
+
+    start_server(f, &p);
+    fake_smtp_script(f->srv, "MAIL", "421 4.3.2 fake.test shutting down", 1);
+    fake_smtp_script(f->srv, "RCPT", "", 1);
+    run(f);
+    st = failed_step(f->result);
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_MAIL);
+    assert_string_equal(st->server_reply, "421 4.3.2 fake.test shutting down");
+    assert_has(st->diagnosis, "the server closed the session in reply to MAIL FROM (421: service "
+                              "temporarily unavailable)");
+    assert_int_equal(find_step(f->result, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RCPT, 0), -1);
+    text = printed(f->result);
+    assert_has(text, "        server reply: 421 4.3.2 fake.test shutting down\n");
+    assert_has(text, "  result: FAILED at mail\n");
+    free(text);
+}
+
+/* A greeting line over 512 octets: the greeting step fails, quoting it
+ * (escaped); nothing is blamed on TLS or STARTTLS. */
+static void test_conntest_oversized_greeting(void **state)
+{
+    struct fixture *f = *state;
+    struct fake_smtp_params p = {.pipelining = false};
+    const Smtpsync__TestStep *st;
+    char line[4000];
+
+    memset(line, 'x', sizeof(line) - 1);
+    memcpy(line, "220 \x7f", 5);
+    line[sizeof(line) - 1] = '\0';
+    start_server(f, &p);
+    fake_smtp_script(f->srv, "GREETING", line, 1);
+    run(f);
+    st = failed_step(f->result);
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_GREETING);
+    assert_has(st->detail, "reply line longer than 512 octets");
+    assert_has(st->server_reply, "220 \\x7fxxxxxxxx");
+    assert_has(st->diagnosis, "the server broke the SMTP protocol");
+    assert_null(strstr(st->diagnosis, "STARTTLS"));
+    assert_no_tls_step(f->result);
+}
+
+/* Malformed replies later in a plaintext session: still their own step. */
+static void test_conntest_malformed_ehlo(void **state)
+{
+    struct fixture *f = *state;
+    struct fake_smtp_params p = {.pipelining = false};
+    const Smtpsync__TestStep *st;
+
+    start_server(f, &p);
+    fake_smtp_script(f->srv, "EHLO", "250-fake.test\r\n250-x\n", 1);
+    run(f);
+    st = failed_step(f->result);
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_EHLO);
+    assert_has(st->detail, "bare LF");
+    assert_has(st->server_reply, "250-fake.test\n250-x");
+    assert_no_tls_step(f->result);
+}
+
+static void outdated_server(struct fixture *f, bool silent)
+{
+    char cert[4096], key[4096];
+    struct fake_smtp_params p = {.implicit_tls = true, .cert_file = cert, .key_file = key};
+
+    snprintf(cert, sizeof(cert), "%s", testutil_cert_path("leaf.pem"));
+    snprintf(key, sizeof(key), "%s", testutil_cert_path("leaf.key"));
+    if (silent)
+        p.tls_silent_close = true;
+    else
+        p.tls_max_version = TLS1_1_VERSION;
+    start_server(f, &p);
+    trust(f, "ca.pem", SETTINGS_TLS_STRICT);
+    run(f);
+}
+
+/* A server offering only TLS 1.1 answers with a protocol version alert. */
+static void test_conntest_tls_version(void **state)
+{
+    struct fixture *f = *state;
+    const Smtpsync__TestStep *st;
+
+    outdated_server(f, false);
+    st = failed_step(f->result);
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS);
+    assert_has(st->detail, "protocol version");
+    assert_has(st->diagnosis, "the server offers only TLS versions older than 1.2 (SSL 3, TLS "
+                              "1.0 or 1.1)");
+}
+
+/* One that drops the connection instead: the diagnosis names the likely
+ * causes, outdated TLS first. */
+static void test_conntest_tls_closed_silently(void **state)
+{
+    struct fixture *f = *state;
+    const Smtpsync__TestStep *st;
+
+    outdated_server(f, true);
+    st = failed_step(f->result);
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_TLS);
+    assert_has(st->detail, "without answering the handshake");
+    assert_has(st->diagnosis, "the server closed the connection without answering the TLS "
+                              "handshake: it may offer only TLS versions older than 1.2");
+}
+
+/* After the failure that decides the result, a broken end of the session
+ * is a warning: one step is the failure. */
+static void test_conntest_failure_after_failure_is_warning(void **state)
+{
+    struct fixture *f = *state;
+    struct fake_smtp_params p = {.pipelining = false};
+    const Smtpsync__TestStep *st;
+    int quit;
+    char *text;
+
+    start_server(f, &p);
+    fake_smtp_script(f->srv, "RCPT", "550 5.1.1 <admin@example.com>: no such user", 1);
+    fake_smtp_script(f->srv, "QUIT", "22", 1);
+    run(f);
+    st = failed_step(f->result);
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_RCPT);
+    quit = find_step(f->result, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_QUIT, 0);
+    assert_true(quit >= 0);
+    st = f->result->steps[quit];
+    assert_false(st->ok);
+    assert_has(st->diagnosis, CONNTEST_WARNING "after the failure above, the server broke the SMTP "
+                                               "protocol");
+    text = printed(f->result);
+    assert_has(text, "  WARN  quit");
+    assert_has(text, "  result: FAILED at rcpt\n");
+    free(text);
+}
+
 /* --- settings that cannot be tried ---------------------------------------- */
 
 static void test_conntest_unusable_settings(void **state)
@@ -697,7 +845,7 @@ static void test_conntest_unusable_settings(void **state)
     run(f);
     assert_int_equal(f->result->n_steps, 1);
     st = failed_step(f->result);
-    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_UNSET);
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_SETTINGS);
     assert_has(st->detail, "2 problems");
     assert_has(st->diagnosis, "hostname: is required");
     assert_has(st->diagnosis, "test_address: is required");
@@ -715,7 +863,7 @@ static void test_conntest_invalid_to(void **state)
     f->to = "not an address";
     run(f);
     st = failed_step(f->result);
-    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_UNSET);
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_SETTINGS);
     assert_has(st->diagnosis, "to: is not a valid mail address");
 }
 
@@ -730,7 +878,7 @@ static void test_conntest_plaintext_logon_refused_before_connecting(void **state
     run(f);
     st = failed_step(f->result);
     assert_int_equal(f->result->n_steps, 1);
-    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_UNSET);
+    assert_int_equal(st->kind, SMTPSYNC__TEST_STEP_KIND__TEST_STEP_SETTINGS);
     assert_has(st->diagnosis, "logon_required: would send the password unencrypted");
     assert_no_password(f->result, PASSWORD);
 }
@@ -801,7 +949,9 @@ static void test_conntest_print_aligned(void **state)
 static void test_conntest_step_names(void **state)
 {
     (void)state;
-    assert_string_equal(conntest_step_name(SMTPSYNC__TEST_STEP_KIND__TEST_STEP_UNSET), "settings");
+    assert_string_equal(conntest_step_name(SMTPSYNC__TEST_STEP_KIND__TEST_STEP_SETTINGS),
+                        "settings");
+    assert_string_equal(conntest_step_name(SMTPSYNC__TEST_STEP_KIND__TEST_STEP_UNSET), "unknown");
     assert_string_equal(conntest_step_name(SMTPSYNC__TEST_STEP_KIND__TEST_STEP_CERTIFICATE),
                         "certificate");
     assert_string_equal(conntest_step_name(SMTPSYNC__TEST_STEP_KIND__TEST_STEP_QUIT), "quit");
@@ -845,6 +995,12 @@ int main(void)
         T(test_conntest_starttls_not_offered),
         T(test_conntest_greeting_timeout),
         T(test_conntest_auth_unavailable),
+        T(test_conntest_421_pipelined_mail),
+        T(test_conntest_oversized_greeting),
+        T(test_conntest_malformed_ehlo),
+        T(test_conntest_tls_version),
+        T(test_conntest_tls_closed_silently),
+        T(test_conntest_failure_after_failure_is_warning),
         T(test_conntest_unusable_settings),
         T(test_conntest_invalid_to),
         T(test_conntest_plaintext_logon_refused_before_connecting),

@@ -10,6 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/ssl.h>
@@ -17,6 +21,7 @@
 
 #include "error.h"
 #include "fake_smtp.h"
+#include "fake_smtp_internal.h"
 #include "testutil.h"
 #include "tlsio.h"
 
@@ -47,6 +52,8 @@ struct client {
     uint64_t first_byte_at;
     char why[TLSIO_WHY_MAX];
     void (*on_rx)(struct client *c); /* after each plaintext read */
+    void *arg;                       /* for on_rx */
+    int server_nodelay;              /* check_nodelay: TCP_NODELAY of the server's side */
 };
 
 struct write_req {
@@ -440,6 +447,105 @@ static void test_fake_smtp_greeting_closes(void **state)
     assert_string_equal(fake_smtp_transcript(f->server), "");
 }
 
+/* A guard for clients that would wait forever: closes them after a while. */
+struct guard {
+    uv_timer_t timer;
+    struct client *c;
+    bool fired;
+};
+
+static void guard_fire(uv_timer_t *t)
+{
+    struct guard *g = t->data;
+
+    g->fired = true;
+    client_close(g->c);
+}
+
+static void guard_start(uv_loop_t *loop, struct guard *g, struct client *c)
+{
+    g->c = c;
+    assert_int_equal(uv_timer_init(loop, &g->timer), 0);
+    g->timer.data = g;
+    assert_int_equal(uv_timer_start(&g->timer, guard_fire, 3000, 0), 0);
+}
+
+static void guard_stop(uv_loop_t *loop, struct guard *g)
+{
+    uv_close((uv_handle_t *)&g->timer, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static void close_after_line(struct client *c)
+{
+    if (strstr(c->rx, "\r\n") != NULL)
+        client_close(c);
+}
+
+/* A greeting that is not SMTP at all (no code on its last line) is sent as
+ * scripted, without waiting for the client to speak first. */
+static void test_fake_smtp_greeting_without_code_is_sent(void **state)
+{
+    struct fixture *f = *state;
+    struct fake_smtp_params p = {0};
+    struct client c = {.on_rx = close_after_line};
+    struct guard g = {0};
+
+    start(f, &p);
+    fake_smtp_script(f->server, "GREETING", "HTTP/1.1 400 Bad Request", 1);
+    guard_start(&f->loop, &g, &c);
+    client_run(&f->loop, &c, f->port);
+    guard_stop(&f->loop, &g);
+    assert_false(g.fired);
+    assert_string_equal(c.rx, "HTTP/1.1 400 Bad Request\r\n");
+}
+
+/* What the server's side of the connection says about TCP_NODELAY, read
+ * once the banner arrived. */
+static void check_nodelay(struct client *c)
+{
+    struct fixture *f = c->arg;
+    socklen_t len = sizeof(c->server_nodelay);
+    uv_os_fd_t fd;
+
+    if (strstr(c->rx, "\r\n") == NULL)
+        return;
+    assert_non_null(f->server->conns);
+    assert_int_equal(uv_fileno((uv_handle_t *)&f->server->conns->tcp, &fd), 0);
+    assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &c->server_nodelay, &len), 0);
+    client_close(c);
+}
+
+/* Replies go out at once: no ~40 ms Nagle stall after a TLS handshake. */
+static void test_fake_smtp_nodelay(void **state)
+{
+    struct fixture *f = *state;
+    struct fake_smtp_params p = {0};
+    struct client c = {.on_rx = check_nodelay, .arg = f};
+
+    start(f, &p);
+    client_run(&f->loop, &c, f->port);
+    assert_true(c.rxlen > 0);
+    assert_int_equal(c.server_nodelay, 1);
+}
+
+/* tls_silent_close: the connection drops at the ClientHello, nothing sent. */
+static void test_fake_smtp_tls_silent_close(void **state)
+{
+    struct fixture *f = *state;
+    struct fake_smtp_params p = {.implicit_tls = true, .tls_silent_close = true};
+    char cert[4096], key[4096];
+    struct client c = {.tls_from_start = true, .ctx = f->ctx, .send_tls = "QUIT\r\n"};
+
+    tls_params(&p, cert, key, sizeof(cert));
+    start(f, &p);
+    client_run(&f->loop, &c, f->port);
+    assert_true(c.eof);
+    assert_false(c.tls_up);
+    assert_int_equal(c.rxlen, 0);
+    assert_int_equal(fake_smtp_nconnections(f->server), 1);
+}
+
 static void test_fake_smtp_sequence_errors(void **state)
 {
     struct fixture *f = *state;
@@ -743,6 +849,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fake_smtp_empty_script_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fake_smtp_greeting_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fake_smtp_null_script_falls_silent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fake_smtp_greeting_without_code_is_sent, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_fake_smtp_nodelay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fake_smtp_tls_silent_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fake_smtp_sequence_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fake_smtp_size_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fake_smtp_auth_plain, setup, teardown),

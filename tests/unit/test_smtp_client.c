@@ -742,7 +742,8 @@ static void test_smtp_client_auth_plain_starttls(void **state)
     st = find_step(r, SMTP_STEP_CERTIFICATE);
     assert_non_null(st);
     assert_true(st->ok);
-    assert_contains(st->detail, "subject=CN=mail.test san=mail.test, *.wild.test, 127.0.0.1");
+    assert_contains(st->detail, "subject=CN=mail.test issuer=CN=smtpsync test CA "
+                                "san=mail.test, *.wild.test, 127.0.0.1");
     assert_contains(st->detail, " expires=20");
     assert_contains(st->detail, " chain=ok");
     st = find_step(r, SMTP_STEP_AUTH);
@@ -1032,6 +1033,9 @@ static void test_smtp_client_cert_untrusted(void **state)
     (void)state;
     assert_int_equal(r->closed_fail, SMTP_FAIL_CERT_UNTRUSTED);
     assert_false(find_step(r, SMTP_STEP_CERTIFICATE)->ok);
+    /* The issuer names the CA to import. */
+    assert_contains(find_step(r, SMTP_STEP_CERTIFICATE)->detail,
+                    "subject=CN=mail.test issuer=CN=smtpsync test CA san=");
     assert_string_equal(r->transcript, "");
     run_free(r);
 }
@@ -1058,6 +1062,8 @@ static void test_smtp_client_tls_not_tls(void **state)
     assert_int_equal(r->closed_fail, SMTP_FAIL_TLS_NOT_TLS);
     assert_contains(r->closed_reason, "220 fake.test");
     assert_false(find_step(r, SMTP_STEP_TLS)->ok);
+    /* The plaintext line is the step's server reply. */
+    assert_string_equal(find_step(r, SMTP_STEP_TLS)->reply, "220 fake.test ESMTP fake_smtp");
     run_free(r);
 }
 
@@ -1076,6 +1082,41 @@ static void test_smtp_client_tls_version(void **state)
     run_tls(r, SETTINGS_TLS_STRICT, "ca.pem");
     run_go(r);
     assert_int_equal(r->closed_fail, SMTP_FAIL_TLS_VERSION);
+    /* The step carries OpenSSL's reason. */
+    assert_int_equal(r->steps[r->nsteps - 1].kind, SMTP_STEP_TLS);
+    assert_int_equal(r->steps[r->nsteps - 1].fail, SMTP_FAIL_TLS_VERSION);
+    assert_contains(r->steps[r->nsteps - 1].detail, "protocol version");
+    run_free(r);
+}
+
+/* A server that drops the connection at the ClientHello, without an alert
+ * (an outdated server on Python's asyncio does): the step says so, with
+ * OpenSSL's reason, rather than just "connection closed". */
+static void test_smtp_client_tls_closed_silently(void **state)
+{
+    char certfile[512], keyfile[512];
+    struct fake_smtp_params fp = {.implicit_tls = true, .tls_silent_close = true};
+    const struct step_copy *st;
+    struct run *r;
+
+    (void)state;
+    snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path("leaf.pem"));
+    snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path("leaf.key"));
+    fp.cert_file = certfile;
+    fp.key_file = keyfile;
+    r = run_new(&fp);
+    run_tls(r, SETTINGS_TLS_STRICT, "ca.pem");
+    run_add(r, &plain_msg);
+    run_go(r);
+    assert_int_equal(r->closed_fail, SMTP_FAIL_TLS_HANDSHAKE);
+    st = &r->steps[r->nsteps - 1];
+    assert_int_equal(st->kind, SMTP_STEP_TLS);
+    assert_false(st->ok);
+    assert_int_equal(st->fail, SMTP_FAIL_TLS_HANDSHAKE);
+    assert_contains(st->detail,
+                    "the server closed the connection without answering the handshake (");
+    assert_contains(st->detail, "eof");
+    assert_int_equal(r->nexts, 0);
     run_free(r);
 }
 
@@ -1097,6 +1138,209 @@ static void test_smtp_client_421_mid_session(void **state)
     assert_string_equal(r->closed_reason, r->done[0].reason);
     assert_lacks(r->transcript, "QUIT");
     run_free(r);
+}
+
+/* Pipelined, each reply is matched to its command: a refused MAIL fails
+ * the MAIL step, and the RCPT refusals that follow it for want of a
+ * sender are not reported as the recipients' failures. */
+static void test_smtp_client_pipelined_replies_matched(void **state)
+{
+    struct fake_smtp_params fp = {.pipelining = true};
+    struct run *r = run_new(&fp);
+    const struct step_copy *st;
+
+    (void)state;
+    r->params.verbose_steps = true;
+    fake_smtp_script(r->fake, "MAIL", "550 5.7.1 sender refused", 1);
+    run_add(r, &plain_msg);
+    run_go(r);
+    assert_int_equal(r->done[0].fail, SMTP_FAIL_REPLY_5XX);
+    assert_int_equal(r->done[0].code, 550);
+    st = find_step(r, SMTP_STEP_MAIL);
+    assert_non_null(st);
+    assert_false(st->ok);
+    assert_string_equal(st->reply, "550 5.7.1 sender refused");
+    assert_null(find_step(r, SMTP_STEP_RCPT));
+    assert_null(find_step(r, SMTP_STEP_DATA));
+    /* The RCPT reply (503, no sender) is matched to its recipient. */
+    assert_true(r->done[0].has_rcpts);
+    assert_int_equal(r->done[0].rcpt_codes[0], 503);
+    assert_contains(r->transcript, "RCPT TO:<bob@example.com>\nDATA\nQUIT");
+    run_free(r);
+}
+
+/* A 421 to a pipelined MAIL ends the session at the MAIL step, with the
+ * reply; no RCPT reply came, so no recipient has a result. */
+static void test_smtp_client_421_pipelined_mail(void **state)
+{
+    struct fake_smtp_params fp = {.pipelining = true};
+    struct run *r = run_new(&fp);
+    const struct step_copy *st;
+
+    (void)state;
+    fake_smtp_script(r->fake, "MAIL", "421 4.3.2 fake.test shutting down", 1);
+    fake_smtp_script(r->fake, "RCPT", "", 1);
+    run_add(r, &plain_msg);
+    run_go(r);
+    assert_int_equal(r->done[0].fail, SMTP_FAIL_REPLY_4XX);
+    assert_int_equal(r->done[0].code, 421);
+    assert_string_equal(r->done[0].reason,
+                        "MAIL FROM:<alice@example.com>: 421 4.3.2 fake.test shutting down");
+    assert_false(r->done[0].has_rcpts);
+    st = &r->steps[r->nsteps - 1];
+    assert_int_equal(st->kind, SMTP_STEP_MAIL);
+    assert_false(st->ok);
+    assert_int_equal(st->fail, SMTP_FAIL_REPLY_4XX);
+    assert_string_equal(st->reply, "421 4.3.2 fake.test shutting down");
+    assert_string_equal(st->detail, r->done[0].reason);
+    run_free(r);
+}
+
+/* One way for a session to fail, and the step it must be reported at. */
+struct phase_case {
+    const char *name;
+    const char *verb, *reply; /* a script, if verb; reply NULL: silence */
+    const char *verb2, *reply2;
+    bool pipelining;
+    bool starttls; /* tls_mode=starttls against a server offering it */
+    bool logon;    /* AUTH PLAIN, allowed in clear */
+    bool two;      /* two messages: RSET before the second */
+    enum smtp_client_step_kind step;
+    enum smtp_fail fail;
+    const char *quoted; /* in the step's server reply; NULL: no reply */
+};
+
+static void phase_case_run(const struct phase_case *pc)
+{
+    char certfile[512], keyfile[512];
+    struct fake_smtp_params fp = {.pipelining = pc->pipelining};
+    const struct step_copy *last;
+    size_t nfailed = 0;
+    struct run *r;
+
+    if (pc->starttls) {
+        snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path("leaf.pem"));
+        snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path("leaf.key"));
+        fp.cert_file = certfile;
+        fp.key_file = keyfile;
+        fp.starttls = true;
+    }
+    if (pc->logon) {
+        fp.auth = "PLAIN";
+        fp.user = "alice";
+        fp.password = "pw";
+    }
+    r = run_new(&fp);
+    r->params.verbose_steps = true;
+    r->set.timeouts.mail = 1;
+    if (pc->starttls)
+        run_tls(r, SETTINGS_TLS_STARTTLS, "ca.pem");
+    if (pc->logon) {
+        run_logon(r, "alice", "pw");
+        r->set.allow_plaintext_auth = true;
+    }
+    if (pc->verb != NULL)
+        fake_smtp_script(r->fake, pc->verb, pc->reply, 1);
+    if (pc->verb2 != NULL)
+        fake_smtp_script(r->fake, pc->verb2, pc->reply2, 1);
+    run_add(r, &plain_msg);
+    if (pc->two)
+        run_add(r, &plain_msg);
+    run_go(r);
+    if (r->closed_fail != pc->fail)
+        fail_msg("%s: the session ended with %s, not %s (%s)", pc->name,
+                 smtp_fail_str(r->closed_fail), smtp_fail_str(pc->fail), r->closed_reason);
+    assert_true(r->nsteps > 0);
+    last = &r->steps[r->nsteps - 1];
+    if (last->ok || last->warning || last->kind != pc->step || last->fail != pc->fail)
+        fail_msg("%s: the last step is kind %d ok=%d fail=%s, not a failed step of kind %d "
+                 "(detail: %s)",
+                 pc->name, (int)last->kind, last->ok, smtp_fail_str(last->fail), (int)pc->step,
+                 last->detail);
+    assert_string_equal(last->detail, r->closed_reason);
+    if (pc->quoted == NULL && last->reply[0] != '\0')
+        fail_msg("%s: a reply is quoted: %s", pc->name, last->reply);
+    if (pc->quoted != NULL && strstr(last->reply, pc->quoted) == NULL)
+        fail_msg("%s: \"%s\" is not in the quoted reply \"%s\"", pc->name, pc->quoted, last->reply);
+    /* The end is reported once. */
+    for (size_t i = 0; i < r->nsteps; i++)
+        if (!r->steps[i].ok && !r->steps[i].warning && r->steps[i].fail == r->closed_fail)
+            nfailed++;
+    if (nfailed != 1)
+        fail_msg("%s: %zu failed steps report the end", pc->name, nfailed);
+    run_free(r);
+}
+
+/* Every way a session ends in failure is reported as a failed step of the
+ * phase it was in, quoting the reply involved, malformed or not. */
+static void test_smtp_client_failed_step_every_phase(void **state)
+{
+    char long_line[700], many[150 * 14 + 16];
+    size_t n = 0;
+
+    (void)state;
+    memset(long_line, 'x', sizeof(long_line) - 1);
+    memcpy(long_line, "220 \x01", 5);
+    long_line[sizeof(long_line) - 1] = '\0';
+    for (int i = 0; i < 150; i++)
+        n += (size_t)sprintf(many + n, "250-LINE%03d\r\n", i);
+    sprintf(many + n, "250 END");
+
+    const struct phase_case cases[] = {
+        {"greeting too long", "GREETING", long_line, .step = SMTP_STEP_GREETING,
+         .fail = SMTP_FAIL_PROTOCOL, .quoted = "220 \\x01xxxx"},
+        {"greeting not SMTP", "GREETING", "HTTP/1.1 400 Bad Request", .step = SMTP_STEP_GREETING,
+         .fail = SMTP_FAIL_PROTOCOL, .quoted = "HTTP/1.1 400"},
+        {"greeting closed", "GREETING", "", .step = SMTP_STEP_GREETING, .fail = SMTP_FAIL_CLOSED},
+        {"greeting 554", "GREETING", "554 5.7.1 go away", .step = SMTP_STEP_GREETING,
+         .fail = SMTP_FAIL_REPLY_5XX, .quoted = "554 5.7.1 go away"},
+        {"two replies to the greeting", "GREETING", "220 fake.test\r\n250 early",
+         .step = SMTP_STEP_GREETING, .fail = SMTP_FAIL_PROTOCOL, .quoted = "220 fake.test"},
+        {"EHLO too many lines", "EHLO", many, .step = SMTP_STEP_EHLO, .fail = SMTP_FAIL_PROTOCOL,
+         .quoted = "250-LINE000\n250-LINE001"},
+        {"EHLO code changes", "EHLO", "250-fake.test\r\n251 x", .step = SMTP_STEP_EHLO,
+         .fail = SMTP_FAIL_PROTOCOL, .quoted = "250-fake.test\n251 x"},
+        {"EHLO closed", "EHLO", "", .step = SMTP_STEP_EHLO, .fail = SMTP_FAIL_CLOSED},
+        {"EHLO 421", "EHLO", "421 4.3.2 bye", .step = SMTP_STEP_EHLO, .fail = SMTP_FAIL_REPLY_4XX,
+         .quoted = "421 4.3.2 bye"},
+        {"STARTTLS 421", "STARTTLS", "421 4.3.2 bye", .starttls = true, .step = SMTP_STEP_STARTTLS,
+         .fail = SMTP_FAIL_REPLY_4XX, .quoted = "421 4.3.2 bye"},
+        {"STARTTLS closed", "STARTTLS", "", .starttls = true, .step = SMTP_STEP_STARTTLS,
+         .fail = SMTP_FAIL_CLOSED},
+        {"STARTTLS garbage", "STARTTLS", "2x0 what", .starttls = true, .step = SMTP_STEP_STARTTLS,
+         .fail = SMTP_FAIL_PROTOCOL, .quoted = "2x0 what"},
+        {"AUTH 421", "AUTH", "421 4.3.2 bye", .logon = true, .step = SMTP_STEP_AUTH,
+         .fail = SMTP_FAIL_REPLY_4XX, .quoted = "421 4.3.2 bye"},
+        {"AUTH closed", "AUTH", "", .logon = true, .step = SMTP_STEP_AUTH,
+         .fail = SMTP_FAIL_CLOSED},
+        {"MAIL 421 pipelined", "MAIL", "421 4.3.2 shutting down", .pipelining = true,
+         .step = SMTP_STEP_MAIL, .fail = SMTP_FAIL_REPLY_4XX, .quoted = "421 4.3.2 shutting down"},
+        {"MAIL 421", "MAIL", "421 4.3.2 shutting down", .step = SMTP_STEP_MAIL,
+         .fail = SMTP_FAIL_REPLY_4XX, .quoted = "421 4.3.2"},
+        {"MAIL closed pipelined", "MAIL", "", .pipelining = true, .step = SMTP_STEP_MAIL,
+         .fail = SMTP_FAIL_CLOSED},
+        {"MAIL unanswered", "MAIL", NULL, .step = SMTP_STEP_MAIL, .fail = SMTP_FAIL_TIMEOUT},
+        {"RCPT 421", "RCPT", "421 4.3.2 bye", .step = SMTP_STEP_RCPT, .fail = SMTP_FAIL_REPLY_4XX,
+         .quoted = "421 4.3.2 bye"},
+        {"RCPT 421 pipelined", "RCPT", "421 4.3.2 bye", .pipelining = true, .step = SMTP_STEP_RCPT,
+         .fail = SMTP_FAIL_REPLY_4XX, .quoted = "421 4.3.2 bye"},
+        {"RCPT closed", "RCPT", "", .step = SMTP_STEP_RCPT, .fail = SMTP_FAIL_CLOSED},
+        {"DATA 421", "DATA", "421 4.3.2 bye", .step = SMTP_STEP_DATA, .fail = SMTP_FAIL_REPLY_4XX,
+         .quoted = "421 4.3.2 bye"},
+        {"DATA closed", "DATA", "", .step = SMTP_STEP_DATA, .fail = SMTP_FAIL_CLOSED},
+        {"two replies to DATA", "DATA", "354 go\r\n554 5.0.0 no", .step = SMTP_STEP_DATA,
+         .fail = SMTP_FAIL_PROTOCOL, .quoted = "354 go"},
+        {"end of DATA closed", "DATA-END", "", .step = SMTP_STEP_DATA, .fail = SMTP_FAIL_CLOSED},
+        {"end of DATA too short", "DATA-END", "2", .step = SMTP_STEP_DATA,
+         .fail = SMTP_FAIL_PROTOCOL, .quoted = "2"},
+        {"QUIT garbage", "QUIT", "22", .step = SMTP_STEP_QUIT, .fail = SMTP_FAIL_PROTOCOL,
+         .quoted = "22"},
+        {"RSET 421", "MAIL", "550 5.7.1 no", "RSET", "421 4.3.2 bye", .two = true,
+         .step = SMTP_STEP_MAIL, .fail = SMTP_FAIL_REPLY_4XX, .quoted = "421 4.3.2 bye"},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        phase_case_run(&cases[i]);
 }
 
 static void test_smtp_client_421_greeting(void **state)
@@ -1473,7 +1717,11 @@ int main(void)
         cmocka_unit_test(test_smtp_client_cert_expired),
         cmocka_unit_test(test_smtp_client_tls_not_tls),
         cmocka_unit_test(test_smtp_client_tls_version),
+        cmocka_unit_test(test_smtp_client_tls_closed_silently),
         cmocka_unit_test(test_smtp_client_421_mid_session),
+        cmocka_unit_test(test_smtp_client_pipelined_replies_matched),
+        cmocka_unit_test(test_smtp_client_421_pipelined_mail),
+        cmocka_unit_test(test_smtp_client_failed_step_every_phase),
         cmocka_unit_test(test_smtp_client_421_greeting),
         cmocka_unit_test(test_smtp_client_oversized_line),
         cmocka_unit_test(test_smtp_client_too_many_lines),

@@ -5,10 +5,12 @@
 
 #include <cmocka.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <dirent.h>
 #include <lmdb.h>
@@ -1304,6 +1306,35 @@ static void test_store_open_meta_without_key_check(void **state)
     assert_null(st);
 }
 
+/* LMDB returns system errors as positive errno values; the store gives them
+ * back negative (error.h), so a caller testing rc < 0 sees the failure. */
+static void test_store_open_system_error_is_negative(void **state)
+{
+    struct fixture *f = *state;
+    struct store_params p = {.dir = f->dir};
+    struct store *st = NULL;
+    char path[4096];
+    int rc;
+
+    store_close(f->st);
+    f->st = NULL;
+    /* A directory where LMDB's lock file should be: mdb_env_open() fails
+     * with EISDIR (as root, no permission bit would stop it). */
+    snprintf(path, sizeof(path), "%s/lock.mdb", f->dir);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(mkdir(path, 0700), 0);
+    rc = store_open(&p, &st);
+    assert_true(rc < 0);
+    assert_int_equal(rc, -EISDIR);
+    assert_string_equal(error_str(rc), strerror(EISDIR));
+    assert_null(st);
+
+    /* Nothing else was touched: with the lock file back, the store opens. */
+    assert_int_equal(rmdir(path), 0);
+    reopen(f);
+    assert_int_equal(head(f->st), 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Secrets bound to their id; drafts that do not read back. */
 
@@ -1645,6 +1676,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_store_open_refuses_other_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_open_meta_without_key_check, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_open_system_error_is_negative, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_old_secret_swapped_in_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_save_reports_unreadable_drafts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_commit_refuses_control_characters, setup,
