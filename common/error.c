@@ -5,8 +5,12 @@
 
 const char *error_str(int err)
 {
-    if (err >= 0)
+    if (err == 0)
         return "success";
+    /* Not of the convention: most likely an errno or LMDB's positive
+     * system error passed on unconverted, which must not read as success. */
+    if (err > 0)
+        return "unexpected positive status (not an error code)";
     switch (err) {
 #define XX(name, code, text)                                                                       \
     case ERROR_##name:                                                                             \

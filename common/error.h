@@ -26,7 +26,11 @@
     XX(CONFLICT, -20009, "conflicting state")                                                      \
     XX(COMPACTED, -20010, "revision no longer in history (compacted)")                             \
     XX(KEYFILE, -20011, "node key file is unusable")                                               \
-    XX(TLS, -20012, "TLS failure")
+    XX(TLS, -20012, "TLS failure")                                                                 \
+    XX(FENCED, -20013, "refused: the sender's epoch is older (a newer primary exists)")            \
+    XX(DIVERGED, -20014, "history diverged: the chain hash does not match")                        \
+    XX(FORBIDDEN, -20015, "not allowed for this role")                                             \
+    XX(NOT_PRIMARY, -20016, "this node is not the primary")
 
 enum {
     ERROR_BASE = -20000,

@@ -6,13 +6,20 @@
  * settings_check.c (validation) share.
  *
  * store: what store.c (open, meta, records, reading), store_draft.c (drafts,
- * save) and store_history.c (states, chain hash, rollback, history, diff,
- * compaction, verification) share.
+ * save), store_history.c (states, chain hash, rollback, history, diff,
+ * compaction, verification) and store_repl.c (deltas, snapshots, epoch,
+ * membership, the replicas database) share.
+ *
+ * outbox: what outbox.c (transactions, the queue's verbs) and
+ * outbox_record.c (records, due keys, error texts, the lease set) share.
  *
  * smtp_client: what smtp_client.c (the state machine), smtp_client_conn.c
  * (resolving, connecting, I/O, TLS), smtp_client_auth.c (AUTH mechanisms)
  * and smtp_client_mail.c (the MAIL/RCPT/DATA transaction) share; at the
  * end of this file.
+ *
+ * conntest: what conntest.c (the session, recording steps, printing) and
+ * conntest_diag.c (the diagnosis of a failed step) share; last.
  */
 #ifndef SMTPSYNC_COMMON_INTERNAL_H
 #define SMTPSYNC_COMMON_INTERNAL_H
@@ -28,7 +35,9 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "dbenv.h"
 #include "error.h"
+#include "outbox.h"
 #include "seal.h"
 #include "settings_pb.h"
 #include "settings.h"
@@ -57,6 +66,11 @@ void settings__format_date(long long t, char *buf, size_t len);
  * borrows const data through this one cast. */
 #define BORROW_CONST(p) ((void *)(uintptr_t)(p))
 
+/* The key of the one meta record, in st->meta. */
+#define STORE__META_KEY "state"
+
+/* The named databases, all opened (and created if missing, so a store made
+ * before one was added gets it) in the transaction that opens the store. */
 struct store {
     MDB_env *env;
     MDB_dbi settings;
@@ -64,6 +78,7 @@ struct store {
     MDB_dbi history;
     MDB_dbi snapshot;
     MDB_dbi meta;
+    MDB_dbi replicas; /* a primary's view of each replica, by node id (store_repl.c) */
     struct seal_key key;
 };
 
@@ -102,30 +117,8 @@ static inline int64_t store__now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static inline MDB_val store__key_str(const char *s)
-{
-    return (MDB_val){.mv_size = strlen(s), .mv_data = BORROW_CONST(s)};
-}
-
-/* History keys are big-endian so LMDB's byte order is revision order. */
-static inline MDB_val store__key_rev(uint64_t rev, uint8_t buf[8])
-{
-    for (int i = 7; i >= 0; i--) {
-        buf[i] = (uint8_t)rev;
-        rev >>= 8;
-    }
-    return (MDB_val){.mv_size = 8, .mv_data = buf};
-}
-
-static inline uint64_t store__rev_of_key(const MDB_val *k)
-{
-    const uint8_t *p = k->mv_data;
-    uint64_t rev = 0;
-
-    for (size_t i = 0; i < 8; i++)
-        rev = rev << 8 | p[i];
-    return rev;
-}
+/* Keys: dbenv_key_str() for instances and meta; dbenv_key_u64() for
+ * history, whose big-endian keys put LMDB's byte order in revision order. */
 
 /* An instance key read back from LMDB must be a valid id. */
 static inline int store__key_instance(const MDB_val *k, char out[SETTINGS_INSTANCE_MAX + 1])
@@ -143,18 +136,20 @@ static inline int store__key_instance(const MDB_val *k, char out[SETTINGS_INSTAN
 /* Actor required; actor and comment within their limits and free of
  * control characters. ERROR_INVALID, ERROR_TOO_BIG. */
 int store__check_commit(const struct store_commit *c);
-/* A read transaction, adopting a map another process grew. */
-int store__txn_read(struct store *st, MDB_txn **txn);
-
-typedef int (*store__txn_fn)(struct store *st, MDB_txn *txn, void *arg);
-/* Runs body in one write transaction, retried whole with a doubled map
- * after MDB_MAP_FULL. */
-int store__write(struct store *st, store__txn_fn body, void *arg);
+/* Transactions are dbenv_txn_read() and dbenv_write() on st->env, whose
+ * results are of error.h's convention; what mdb_* calls return is not, and
+ * goes through dbenv_error() before it leaves a store_* function. */
 
 /* Packs `s` as it is stored, its password (which must be loaded when set)
  * sealed under the node key and bound to instance and secret id; *out is
  * malloc'd. ERROR_INVALID, -ENOMEM, ERROR_CRYPTO. */
 int store__record_pack(struct store *st, const struct settings *s, uint8_t **out, size_t *out_len);
+/* Seals `plain`, a password of `instance` with secret id `id`, under the
+ * node key and bound to both, as store__record_pack() stores it;
+ * out->data is malloc'd. -ENOMEM, ERROR_CRYPTO. */
+int store__secret_seal(struct store *st, const char *instance,
+                       const uint8_t id[SETTINGS_SECRET_ID_LEN], const char *plain,
+                       ProtobufCBinaryData *out);
 /* NULL if data is not a Settings message; free with
  * smtpsync__settings__free_unpacked(m, NULL). */
 Smtpsync__Settings *store__record_unpack(const void *data, size_t len);
@@ -182,6 +177,11 @@ int store__state_each(struct store *st, const struct store_state *s, unsigned fl
 /* store_history.c */
 
 void store__state_free(struct store_state *s);
+/* The chain hash of revision r: out = SHA-256(prev || canonical(r)), where
+ * canonical(r) is r packed without its hash and with every Secret reduced
+ * to its id, so it is the same on every node. -ENOMEM, ERROR_CRYPTO. */
+int store__chain_hash(const uint8_t prev[STORE_HASH_LEN], const Smtpsync__Revision *r,
+                      uint8_t out[STORE_HASH_LEN]);
 /* SHA-256 of a state in canonical form: the packed Snapshot message holding
  * only `records`, in the state's (instance) order, each Secret reduced to
  * its id, so the digest is the same on every node. ERROR_CORRUPT if a
@@ -201,6 +201,99 @@ int store__state_at(struct store *st, MDB_txn *txn, const struct store_meta *met
 int store__revision_commit(struct store *st, MDB_txn *txn, struct store_meta *meta,
                            const struct store_commit *commit, Smtpsync__Change **changes, size_t n,
                            uint64_t rollback_of, uint64_t *rev_out);
+
+/* outbox.c, outbox_record.c */
+
+/* A due key: priority(1) | next_try_ms(8, big-endian) | id(8). */
+#define OUTBOX__DUE_KEY_LEN 17
+
+/* The leases of outbox.h: an open-addressing set of ids (linear probing,
+ * deletion by backward shift, so no tombstones); 0 is never an id and
+ * marks a free slot. At most half full. `slot` is malloc'd; its owner
+ * frees it. */
+struct outbox_leases {
+    uint64_t *slot;
+    size_t cap; /* a power of two, or 0 */
+    size_t n;
+};
+
+bool outbox__lease_has(const struct outbox_leases *ls, uint64_t id);
+/* Only after outbox__lease_reserve() made room: it cannot fail then. */
+void outbox__lease_insert(struct outbox_leases *ls, uint64_t id);
+/* Makes room for `more` ids, so that the inserts that follow cannot fail.
+ * 0 or -ENOMEM. */
+int outbox__lease_reserve(struct outbox_leases *ls, size_t more);
+void outbox__lease_remove(struct outbox_leases *ls, uint64_t id);
+
+/* A due key, decoded. */
+struct outbox_due {
+    int priority;
+    int64_t next_try_ms;
+    uint64_t id;
+};
+
+/* The due key of a message, in buf (which it borrows). */
+MDB_val outbox__due_key(int priority, int64_t next_try_ms, uint64_t id,
+                        uint8_t buf[OUTBOX__DUE_KEY_LEN]);
+/* False for a key that is not in the one encoding outbox__due_key() makes. */
+bool outbox__due_parse(const MDB_val *k, struct outbox_due *out);
+bool outbox__priority_valid(int p);
+/* Copies an error text as it is kept: at most OUTBOX_ERROR_MAX octets, cut
+ * on a character boundary, not UTF-8 as '?', control characters as spaces;
+ * NULL is "". */
+void outbox__error_copy(char out[OUTBOX_ERROR_MAX + 1], const char *in);
+/* At most OUTBOX_ADDRESS_MAX octets, no CR or LF, and not empty (NULL
+ * included) unless may_be_empty. */
+bool outbox__address_valid(const char *a, bool may_be_empty);
+
+/* Decodes a record stored under `id` (in `dead` when `dead`). Returns 0,
+ * -ENOMEM, or ERROR_CORRUPT with *why saying what is wrong. Free *out with
+ * outbox__record_free(). */
+int outbox__record_unpack(const MDB_val *val, uint64_t id, bool dead, Smtpsync__OutboxMessage **out,
+                          const char **why);
+void outbox__record_free(Smtpsync__OutboxMessage *m);
+/* Packs m into dbi under its id; flags are mdb_put()'s. Returns mdb_put()'s
+ * value, not converted. */
+int outbox__record_put(MDB_txn *txn, MDB_dbi dbi, const Smtpsync__OutboxMessage *m, unsigned flags);
+/* A stored record as handed to callers (outbox_msg_free() releases it), the
+ * message only when `body`. 0 or -ENOMEM. */
+int outbox__msg_from_record(const Smtpsync__OutboxMessage *r, bool body, struct outbox_msg **out);
+
+/* smtp_message */
+
+/*
+ * What smtp_message.c (compose, Date and Message-ID, From header,
+ * dot-stuffing) and smtp_message_parse.c (header scanner, address lists,
+ * parse, normalize) share.
+ */
+
+/* A growable text buffer, zero-initialised to start; p is malloc'd and
+ * belongs to whoever holds the struct, who frees it with free(). Adding
+ * fails with -ENOMEM and leaves what is there. */
+struct smtp_message__buf {
+    char *p;
+    size_t len, cap;
+};
+
+int smtp_message__buf_add(struct smtp_message__buf *b, const void *data, size_t n);
+/* Ends the text with a NUL that its length does not count. */
+int smtp_message__buf_terminate(struct smtp_message__buf *b);
+
+/* Copies untrusted text into a reason: printable ASCII only, at most 64
+ * characters, so a reason can be logged or printed as it is. Returns out. */
+const char *smtp_message__safe_text(const char *s, size_t n, char *out, size_t outlen);
+/* True if s[n] is a dot-atom-text: atext (ASCII) runs separated by dots. */
+bool smtp_message__dot_atom(const char *s, size_t n);
+
+/* Appends "Date: Mon, 02 Jan 2006 15:04:05 +0000\r\n", without the locale;
+ * ERROR_INVALID with `why` for a date that has no such form. */
+int smtp_message__add_date(struct smtp_message__buf *b, time_t t, char *why, size_t whylen);
+/* Appends "Message-ID: <32 hex digits@domain>\r\n"; the domain is a
+ * dot-atom (a host name) or an address literal such as [192.0.2.1] or
+ * [IPv6:2001:db8::1]. ERROR_INVALID for another domain, ERROR_CRYPTO
+ * without random octets, both with `why`. */
+int smtp_message__add_message_id(struct smtp_message__buf *b, const char *domain, char *why,
+                                 size_t whylen);
 
 /* smtp_client.c, smtp_client_conn.c, smtp_client_auth.c, smtp_client_mail.c */
 
@@ -325,6 +418,8 @@ struct smtp_client {
 
     /* Steps and the end. */
     uint64_t step_start; /* uv_hrtime() */
+    bool step_failed;    /* a failed step was reported in this state: finish() adds none */
+    bool in_reply;       /* handling c->reply: a failure now quotes it */
     enum smtp_fail fail;
     char reason[SMTP_CLIENT_REASON_MAX];
 
@@ -395,6 +490,9 @@ void smtp_client__tcp_close(struct smtp_client *c);
 void smtp_client__on_close(uv_handle_t *h);
 /* Starts a TLS handshake on the connection (states TLS, STARTTLS_TLS). */
 void smtp_client__tls_start(struct smtp_client *c);
+/* The server closed the connection during a handshake: ends the session
+ * with what OpenSSL makes of it (an alert, a truncated record). */
+void smtp_client__tls_eof(struct smtp_client *c);
 
 /* smtp_client_auth.c */
 
@@ -419,5 +517,29 @@ void smtp_client__mail_reply(struct smtp_client *c);
 void smtp_client__body_pump(struct smtp_client *c);
 /* Ends the transaction: on_done with c->result, then clears it. */
 void smtp_client__mail_done(struct smtp_client *c);
+
+/* conntest.c, conntest_diag.c */
+
+/* What a diagnosis is written from: the failed step and the test. */
+struct conntest__diag {
+    const struct settings *settings; /* the settings tried */
+    uint32_t port;                   /* the port connected to */
+    const char *to;                  /* the test recipient */
+    const char *helo;                /* the EHLO name given, NULL: this host's name */
+    const char *caps;                /* the last EHLO capabilities, "" if none */
+    Smtpsync__TestStepKind kind;
+    enum smtp_fail fail;
+    const char *detail; /* may be NULL */
+    const char *reply;  /* may be NULL */
+    int code;           /* the reply code, 0 if none */
+};
+
+/* Appends `fmt` to buf[len] at *pos; output that does not fit is cut. */
+void conntest__appendf(char *buf, size_t len, size_t *pos, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* The reply code at the start of a server reply, or 0. */
+int conntest__reply_code(const char *reply);
+/* Writes a plain-language diagnosis of a failed step into b (cut to len). */
+void conntest__diagnose(const struct conntest__diag *in, char *b, size_t len);
 
 #endif

@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "utf8.h"
+
 /* A line is cut beyond this many octets (with "..."): a log line is for
  * people, and one write(2) of this size to a pipe is atomic (PIPE_BUF is
  * 4096 on Linux; journald reads lines of any length). */
@@ -77,40 +79,6 @@ static void puts_(struct line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-/* Length of the valid UTF-8 sequence at s (1-4), or 0 if it is not one. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    size_t need;
-    unsigned cp;
-
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        need = 2;
-        cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        need = 3;
-        cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        need = 4;
-        cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < need)
-        return 0;
-    for (size_t i = 1; i < need; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    /* Overlong forms, surrogates and values past U+10FFFF. */
-    if ((need == 3 && cp < 0x800) || (need == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return need;
-}
-
 /* The message as a JSON string body: quotes, backslashes and controls
  * escaped, invalid UTF-8 replaced by U+FFFD, so the line always parses. */
 static void put_json_string(struct line *l, const char *s)
@@ -120,7 +88,7 @@ static void put_json_string(struct line *l, const char *s)
     char esc[8];
 
     while (n > 0) {
-        size_t k = utf8_len(p, n);
+        size_t k = utf8_char_len((const char *)p, n);
         if (k == 0) {
             puts_(l, "\\ufffd");
             k = 1;

@@ -13,6 +13,7 @@
 #include <lmdb.h>
 #include <openssl/crypto.h>
 
+#include "dbenv.h"
 #include "error.h"
 #include "seal.h"
 #include "settings_pb.h"
@@ -20,17 +21,16 @@
 #include "internal.h"
 
 /*
- * This file: opening the environment, the write-transaction helper,
- * records (sealing), meta and reading. Drafts and save are in
+ * This file: opening the store (its LMDB environment and transactions are
+ * dbenv.h's), records (sealing), meta and reading. Drafts and save are in
  * store_draft.c; states rebuilt from history, the chain hash and the
  * history verbs in store_history.c.
  */
 
 #define STORE_FORMAT      1
 #define STORE_MAP_DEFAULT ((size_t)8 << 20)
-/* Five databases now; replicas, outbox and dead come later, and more after. */
+/* Six databases now, room for more after. */
 #define STORE_MAXDBS      16
-#define STORE_META_KEY    "state"
 #define STORE_KEY_FILE    "node.key"
 #define STORE_DATA_FILE   "data.mdb" /* LMDB's file in the data directory */
 
@@ -47,63 +47,6 @@ int store__check_commit(const struct store_commit *c)
     if (syntax_has_control(c->actor) || (c->comment != NULL && syntax_has_control(c->comment)))
         return ERROR_INVALID;
     return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Transactions. */
-
-int store__txn_read(struct store *st, MDB_txn **txn)
-{
-    int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, txn);
-
-    if (rc == MDB_MAP_RESIZED) {
-        /* Another process grew the map; adopt its size. */
-        rc = mdb_env_set_mapsize(st->env, 0);
-        if (rc == 0)
-            rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, txn);
-    }
-    return rc;
-}
-
-/*
- * Runs `body` in one write transaction and commits it. When the map is
- * full, the whole body runs again in a new transaction after the map has
- * doubled: a body therefore keeps no effect outside its transaction until
- * it succeeds. No other transaction of ours is open here (store.h: one
- * thread), which mdb_env_set_mapsize() requires.
- */
-int store__write(struct store *st, store__txn_fn body, void *arg)
-{
-    MDB_envinfo info;
-    MDB_txn *txn;
-    int rc;
-
-    for (;;) {
-        rc = mdb_txn_begin(st->env, NULL, 0, &txn);
-        if (rc == MDB_MAP_RESIZED) {
-            rc = mdb_env_set_mapsize(st->env, 0);
-            if (rc != 0)
-                return rc;
-            continue;
-        }
-        if (rc != 0)
-            return rc;
-        rc = body(st, txn, arg);
-        if (rc == 0)
-            rc = mdb_txn_commit(txn);
-        else
-            mdb_txn_abort(txn);
-        if (rc != MDB_MAP_FULL)
-            return rc;
-        rc = mdb_env_info(st->env, &info);
-        if (rc != 0)
-            return rc;
-        if (info.me_mapsize > SIZE_MAX / 2)
-            return MDB_MAP_FULL;
-        rc = mdb_env_set_mapsize(st->env, info.me_mapsize * 2);
-        if (rc != 0)
-            return rc;
-    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -133,13 +76,37 @@ static size_t secret_aad(uint8_t out[STORE_AAD_MAX], const char *instance,
     return n + SETTINGS_SECRET_ID_LEN;
 }
 
+/* Seals a password of `instance` under the node key, bound to the instance
+ * and the secret id by secret_aad(); out->data is malloc'd. */
+int store__secret_seal(struct store *st, const char *instance,
+                       const uint8_t id[SETTINGS_SECRET_ID_LEN], const char *plain,
+                       ProtobufCBinaryData *out)
+{
+    uint8_t aad[STORE_AAD_MAX], *sealed;
+    size_t plen = strlen(plain), aadlen, len = 0;
+    int rc;
+
+    sealed = malloc(seal_sealed_len(plen));
+    if (sealed == NULL)
+        return -ENOMEM;
+    aadlen = secret_aad(aad, instance, id);
+    rc = seal_seal(&st->key, aad, aadlen, (const uint8_t *)plain, plen, sealed,
+                   seal_sealed_len(plen), &len);
+    if (rc != 0) {
+        free(sealed);
+        return rc;
+    }
+    *out = (ProtobufCBinaryData){.len = len, .data = sealed};
+    return 0;
+}
+
 /* Packs `s` as it is stored: the password sealed under the node key and
  * bound to the instance and the secret id. *out is malloc'd. */
 int store__record_pack(struct store *st, const struct settings *s, uint8_t **out, size_t *out_len)
 {
     struct settings_pb v;
-    uint8_t aad[STORE_AAD_MAX], *sealed = NULL, *buf;
-    size_t sealed_len = 0, plen, len, aadlen;
+    uint8_t *buf;
+    size_t len;
     int rc;
 
     rc = settings_pb_view(&v, s, SETTINGS_PB_SECRET_ID);
@@ -148,17 +115,9 @@ int store__record_pack(struct store *st, const struct settings *s, uint8_t **out
     if (s->password_set) {
         if (s->password == NULL)
             return ERROR_INVALID;
-        plen = strlen(s->password);
-        sealed = malloc(seal_sealed_len(plen));
-        if (sealed == NULL)
-            return -ENOMEM;
-        aadlen = secret_aad(aad, s->instance, s->password_id);
-        rc = seal_seal(&st->key, aad, aadlen, (const uint8_t *)s->password, plen, sealed,
-                       seal_sealed_len(plen), &sealed_len);
+        rc = store__secret_seal(st, s->instance, s->password_id, s->password, &v.secret.sealed);
         if (rc != 0)
-            goto free_sealed;
-        v.secret.sealed.data = sealed;
-        v.secret.sealed.len = sealed_len;
+            return rc;
         v.msg.password = &v.secret;
     }
     len = smtpsync__settings__get_packed_size(&v.msg);
@@ -171,7 +130,7 @@ int store__record_pack(struct store *st, const struct settings *s, uint8_t **out
     *out = buf;
     *out_len = len;
 free_sealed:
-    free(sealed);
+    free(v.secret.sealed.data);
     return rc;
 }
 
@@ -293,7 +252,7 @@ bool store__record_differs(const struct settings *a, const struct settings *b)
 
 int store__meta_read(struct store *st, MDB_txn *txn, struct store_meta *out)
 {
-    MDB_val key = store__key_str(STORE_META_KEY), val;
+    MDB_val key = dbenv_key_str(STORE__META_KEY), val;
     Smtpsync__StoreMeta *m;
     int rc;
 
@@ -333,7 +292,7 @@ free_meta:
 int store__meta_write(struct store *st, MDB_txn *txn, struct store_meta *meta)
 {
     Smtpsync__StoreMeta fresh, *old = NULL, *m = &fresh;
-    MDB_val key = store__key_str(STORE_META_KEY), val;
+    MDB_val key = dbenv_key_str(STORE__META_KEY), val;
     ProtobufCBinaryData saved_hash, saved_base, saved_state, saved_check;
     int rc;
 
@@ -380,37 +339,31 @@ int store__meta_write(struct store *st, MDB_txn *txn, struct store_meta *meta)
 /* ------------------------------------------------------------------------ */
 /* Open and close. */
 
-static const struct {
-    const char *name;
-    size_t offset;
-} store_dbs[] = {
-    {"settings", offsetof(struct store, settings)}, {"drafts", offsetof(struct store, drafts)},
-    {"history", offsetof(struct store, history)},   {"snapshot", offsetof(struct store, snapshot)},
-    {"meta", offsetof(struct store, meta)},
-};
-
 struct open_ctx {
+    struct store *st;
     bool create;
 };
 
-static int open_body(struct store *st, MDB_txn *txn, void *arg)
+static int open_body(MDB_txn *txn, void *arg)
 {
     struct open_ctx *c = arg;
+    struct store *st = c->st;
+    const struct dbenv_db dbs[] = {
+        {"settings", &st->settings}, {"drafts", &st->drafts}, {"history", &st->history},
+        {"snapshot", &st->snapshot}, {"meta", &st->meta},     {"replicas", &st->replicas},
+    };
     struct store_state empty = {0};
     uint8_t check[SEAL_CHECK_LEN];
     struct store_meta meta;
-    MDB_val key = store__key_str(STORE_META_KEY), val;
+    MDB_val key = dbenv_key_str(STORE__META_KEY), val;
     int rc;
 
     rc = seal_key_check(&st->key, check);
     if (rc != 0)
         return rc;
-    for (size_t i = 0; i < sizeof(store_dbs) / sizeof(store_dbs[0]); i++) {
-        MDB_dbi *dbi = (MDB_dbi *)((char *)st + store_dbs[i].offset);
-        rc = mdb_dbi_open(txn, store_dbs[i].name, MDB_CREATE, dbi);
-        if (rc != 0)
-            return rc;
-    }
+    rc = dbenv_open_dbs(txn, dbs, sizeof(dbs) / sizeof(dbs[0]));
+    if (rc != 0)
+        return rc;
     rc = mdb_get(txn, st->meta, &key, &val);
     if (rc == 0) {
         rc = store__meta_read(st, txn, &meta);
@@ -446,11 +399,17 @@ int store_open(const struct store_params *params, struct store **out)
 {
     char keypath[PATH_MAX], datapath[PATH_MAX];
     const char *kp = params->key_file;
+    struct dbenv_params ep = {
+        .dir = params->dir,
+        .maxdbs = STORE_MAXDBS,
+        .map_size = params->map_size != 0 ? params->map_size : STORE_MAP_DEFAULT,
+        .mode = 0600,
+    };
     struct open_ctx oc = {.create = params->create};
     struct store *st;
     struct stat sb;
     bool fresh;
-    int rc, dead;
+    int rc;
 
     if (params->dir == NULL || params->dir[0] == '\0')
         return ERROR_INVALID;
@@ -482,21 +441,11 @@ int store_open(const struct store_params *params, struct store **out)
         rc = ERROR_KEYFILE;
     if (rc != 0)
         goto free_store;
-    rc = mdb_env_create(&st->env);
+    rc = dbenv_open(&ep, &st->env);
     if (rc != 0)
         goto wipe_key;
-    rc = mdb_env_set_maxdbs(st->env, STORE_MAXDBS);
-    if (rc == 0)
-        rc = mdb_env_set_mapsize(st->env,
-                                 params->map_size != 0 ? params->map_size : STORE_MAP_DEFAULT);
-    if (rc == 0)
-        rc = mdb_env_open(st->env, params->dir, 0, 0600);
-    if (rc != 0)
-        goto env_close;
-    /* A process killed while reading leaves its reader slot behind. */
-    rc = mdb_reader_check(st->env, &dead);
-    if (rc == 0)
-        rc = store__write(st, open_body, &oc);
+    oc.st = st;
+    rc = dbenv_write(st->env, open_body, &oc, 0);
     if (rc != 0)
         goto env_close;
     *out = st;
@@ -526,7 +475,7 @@ int store_info(struct store *st, struct store_info *out)
     MDB_txn *txn;
     int rc;
 
-    rc = store__txn_read(st, &txn);
+    rc = dbenv_txn_read(st->env, &txn);
     if (rc != 0)
         return rc;
     rc = store__meta_read(st, txn, &meta);
@@ -536,7 +485,7 @@ int store_info(struct store *st, struct store_info *out)
         rc = mdb_stat(txn, st->settings, &ss);
     mdb_txn_abort(txn);
     if (rc != 0)
-        return rc;
+        return dbenv_error(rc);
     memset(out, 0, sizeof(*out));
     out->revision = meta.revision;
     out->epoch = meta.epoch;
@@ -597,14 +546,14 @@ int store_get(struct store *st, const char *instance, uint64_t revision, unsigne
     settings_clear(out);
     if (instance == NULL || !settings_instance_valid(instance))
         return ERROR_INVALID;
-    rc = store__txn_read(st, &txn);
+    rc = dbenv_txn_read(st->env, &txn);
     if (rc != 0)
         return rc;
     rc = store__meta_read(st, txn, &meta);
     if (rc != 0)
         goto txn_abort;
     if (revision == 0 || revision == meta.revision) {
-        key = store__key_str(instance);
+        key = dbenv_key_str(instance);
         rc = mdb_get(txn, st->settings, &key, &val);
         if (rc == MDB_NOTFOUND)
             rc = ERROR_NOT_FOUND;
@@ -624,7 +573,7 @@ free_state:
     store__state_free(&s);
 txn_abort:
     mdb_txn_abort(txn);
-    return rc;
+    return dbenv_error(rc);
 }
 
 int store_each(struct store *st, uint64_t revision, unsigned flags, store_each_cb cb, void *arg)
@@ -634,14 +583,16 @@ int store_each(struct store *st, uint64_t revision, unsigned flags, store_each_c
     MDB_txn *txn;
     int rc;
 
-    rc = store__txn_read(st, &txn);
+    rc = dbenv_txn_read(st->env, &txn);
     if (rc != 0)
         return rc;
     rc = store__meta_read(st, txn, &meta);
     if (rc == 0)
         rc = store__state_at(st, txn, &meta, revision == 0 ? meta.revision : revision, &s);
-    /* Callbacks run outside the transaction: they may use the store. */
+    /* Callbacks run outside the transaction: they may use the store; what
+     * they return is theirs and is not converted. */
     mdb_txn_abort(txn);
+    rc = dbenv_error(rc);
     if (rc == 0)
         rc = store__state_each(st, &s, flags, cb, arg);
     store__state_free(&s);

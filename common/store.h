@@ -194,4 +194,99 @@ int store_verify(struct store *st);
 /* The actor for local use: "local:<login name>". */
 void store_local_actor(char *buf, size_t len);
 
+/* --- Replication (store_repl.c) ------------------------------------------
+ *
+ * What the primary sends and a replica applies. On the wire a Secret
+ * carries its plaintext (the channel is mutual TLS) and never its sealed
+ * form: each node seals with its own key. The chain hash covers only the
+ * secret's id, so a primary and its replica at the same revision have the
+ * same hash although their sealed bytes differ.
+ *
+ * Frames built here hold plaintext passwords: free them with
+ * store_repl_free_*(), which wipe every password before freeing. A Delta
+ * or Snapshot received inside a Frame is wiped with store_repl_wipe_*()
+ * before the Frame is freed.
+ */
+
+#include "smtpsync.pb-c.h"
+
+/*
+ * The revisions after `from` up to the head, at most `max` of them (0: no
+ * limit), as a Delta with hash_after = h(to_revision) and the store's epoch.
+ * ERROR_COMPACTED when `from` is older than the base (send a snapshot);
+ * ERROR_INVALID when `from` is ahead of the head; ERROR_EMPTY when there is
+ * nothing after `from`.
+ */
+int store_repl_delta(struct store *st, uint64_t from, size_t max, Smtpsync__Delta **out);
+void store_repl_free_delta(Smtpsync__Delta *d);
+
+/* The whole current state: every record, the membership, revision, epoch,
+ * hash and revision time. */
+int store_repl_snapshot(struct store *st, Smtpsync__Snapshot **out);
+void store_repl_free_snapshot(Smtpsync__Snapshot *s);
+/* OPENSSL_cleanse() every plaintext password of a message, freeing nothing
+ * (NULL is allowed). */
+void store_repl_wipe_delta(Smtpsync__Delta *d);
+void store_repl_wipe_snapshot(Smtpsync__Snapshot *s);
+
+/*
+ * Applies a delta in ONE write transaction: every revision in order, each
+ * chained onto the store's hash, its secrets sealed under this node's key;
+ * history rows are kept as the primary wrote them (actor, time, epoch,
+ * comment), so `history` on a replica shows the same revisions.
+ *   - ERROR_FENCED: d->epoch is lower than the store's epoch (nothing done);
+ *   - ERROR_CONFLICT: d->from_revision is not the store's revision;
+ *   - ERROR_DIVERGED: a computed hash differs from the one sent (in a row or
+ *     hash_after); nothing is applied, `actual` (if not NULL) receives the
+ *     hash this store computed;
+ *   - ERROR_DECODE / ERROR_INVALID: a revision that is not well formed.
+ * A higher epoch in the delta is adopted with it. The whole delta is
+ * checked before the transaction: a record that does not decode is
+ * ERROR_DECODE; a sealed secret on the wire, a bad instance id or change
+ * kind, rows out of sequence or of a later epoch than the delta's, an
+ * actor or comment store_commit would refuse, is ERROR_INVALID. An empty
+ * delta (to_revision = from_revision) only compares hash_after with the
+ * store's hash (ERROR_DIVERGED) and adopts a higher epoch. Drafts are kept.
+ */
+int store_repl_apply_delta(struct store *st, const Smtpsync__Delta *d,
+                           uint8_t actual[STORE_HASH_LEN]);
+
+/*
+ * Replaces the whole state by a snapshot in ONE write transaction: records,
+ * membership, revision, epoch and hash; history and drafts are cleared and
+ * the snapshot becomes the base (base_revision = revision). The snapshot's
+ * hash is taken as given (it is the chain value of the primary, which the
+ * replica cannot recompute without the history) and checked against
+ * nothing but its form. ERROR_FENCED as for a delta. ERROR_DECODE /
+ * ERROR_INVALID as for a delta, and for two records of one instance or a
+ * membership store_repl_set_membership() refuses. A snapshot without a
+ * membership leaves the store's as it is.
+ */
+int store_repl_apply_snapshot(struct store *st, const Smtpsync__Snapshot *s);
+
+/* Promotion: sets the epoch (must be higher than the current one, else
+ * ERROR_INVALID) in one transaction. */
+int store_repl_set_epoch(struct store *st, uint64_t epoch);
+
+/* The replicated membership (empty when never set). The caller frees *out
+ * with smtpsync__membership__free_unpacked(*out, NULL). */
+int store_repl_membership(struct store *st, Smtpsync__Membership **out);
+/* Sets the membership, without making a revision: the primary writes it
+ * from its configuration at start, it travels in snapshots, and a replica
+ * keeps the last one it received. ERROR_INVALID unless every member has a
+ * valid node id (settings_instance_valid), distinct from the others, a
+ * role of PRIMARY or REPLICA and an address of at most 261 characters
+ * without control characters, and at most one member is PRIMARY. */
+int store_repl_set_membership(struct store *st, const Smtpsync__Membership *m);
+
+/* The primary's persisted view of its replicas (`replicas` database):
+ * one ReplicaStatus per replica id. get: ERROR_NOT_FOUND when absent; the
+ * caller frees with smtpsync__replica_status__free_unpacked(). An id that
+ * is not valid (settings_instance_valid) is ERROR_INVALID. each: in id
+ * order, every record read before the first callback. */
+int store_repl_status_get(struct store *st, const char *id, Smtpsync__ReplicaStatus **out);
+int store_repl_status_put(struct store *st, const Smtpsync__ReplicaStatus *rs);
+typedef int (*store_repl_status_cb)(const Smtpsync__ReplicaStatus *rs, void *arg);
+int store_repl_status_each(struct store *st, store_repl_status_cb cb, void *arg);
+
 #endif

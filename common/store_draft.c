@@ -8,6 +8,7 @@
 
 #include <lmdb.h>
 
+#include "dbenv.h"
 #include "error.h"
 #include "settings_pb.h"
 #include "internal.h"
@@ -21,22 +22,23 @@
 /* Drafts. */
 
 struct draft_put_ctx {
+    struct store *st;
     const char *instance;
     uint8_t *data;
     size_t len;
 };
 
-static int draft_put_body(struct store *st, MDB_txn *txn, void *arg)
+static int draft_put_body(MDB_txn *txn, void *arg)
 {
     struct draft_put_ctx *c = arg;
-    MDB_val key = store__key_str(c->instance), val = {.mv_size = c->len, .mv_data = c->data};
+    MDB_val key = dbenv_key_str(c->instance), val = {.mv_size = c->len, .mv_data = c->data};
 
-    return mdb_put(txn, st->drafts, &key, &val, 0);
+    return mdb_put(txn, c->st->drafts, &key, &val, 0);
 }
 
 int store_draft_put(struct store *st, const struct settings *s)
 {
-    struct draft_put_ctx c = {.instance = s->instance};
+    struct draft_put_ctx c = {.st = st, .instance = s->instance};
     int rc;
 
     if (!settings_instance_valid(s->instance) || s->nrelays > SETTINGS_RELAYS_MAX)
@@ -49,7 +51,7 @@ int store_draft_put(struct store *st, const struct settings *s)
     rc = store__record_pack(st, s, &c.data, &c.len);
     if (rc != 0)
         return rc;
-    rc = store__write(st, draft_put_body, &c);
+    rc = dbenv_write(st->env, draft_put_body, &c, c.len);
     free(c.data);
     return rc;
 }
@@ -63,28 +65,34 @@ int store_draft_get(struct store *st, const char *instance, unsigned flags, stru
     settings_clear(out);
     if (instance == NULL || !settings_instance_valid(instance))
         return ERROR_INVALID;
-    rc = store__txn_read(st, &txn);
+    rc = dbenv_txn_read(st->env, &txn);
     if (rc != 0)
         return rc;
-    key = store__key_str(instance);
+    key = dbenv_key_str(instance);
     rc = mdb_get(txn, st->drafts, &key, &val);
     if (rc == MDB_NOTFOUND)
         rc = ERROR_NOT_FOUND;
     if (rc == 0)
         rc = store__record_decode(st, val.mv_data, val.mv_size, instance, flags, out);
     mdb_txn_abort(txn);
-    return rc;
+    return dbenv_error(rc);
 }
 
-static int draft_discard_body(struct store *st, MDB_txn *txn, void *arg)
+struct draft_discard_ctx {
+    struct store *st;
+    const char *instance; /* NULL: every draft */
+};
+
+static int draft_discard_body(MDB_txn *txn, void *arg)
 {
-    const char *instance = arg;
+    struct draft_discard_ctx *c = arg;
+    struct store *st = c->st;
     MDB_stat ms;
     MDB_val key;
     int rc;
 
-    if (instance != NULL) {
-        key = store__key_str(instance);
+    if (c->instance != NULL) {
+        key = dbenv_key_str(c->instance);
         rc = mdb_del(txn, st->drafts, &key, NULL);
         return rc == MDB_NOTFOUND ? ERROR_NOT_FOUND : rc;
     }
@@ -98,9 +106,11 @@ static int draft_discard_body(struct store *st, MDB_txn *txn, void *arg)
 
 int store_draft_discard(struct store *st, const char *instance)
 {
+    struct draft_discard_ctx c = {st, instance};
+
     if (instance != NULL && !settings_instance_valid(instance))
         return ERROR_INVALID;
-    return store__write(st, draft_discard_body, BORROW_CONST(instance));
+    return dbenv_write(st->env, draft_discard_body, &c, 0);
 }
 
 int store_draft_each(struct store *st, unsigned flags, store_each_cb cb, void *arg)
@@ -109,11 +119,12 @@ int store_draft_each(struct store *st, unsigned flags, store_each_cb cb, void *a
     MDB_txn *txn;
     int rc;
 
-    rc = store__txn_read(st, &txn);
+    rc = dbenv_txn_read(st->env, &txn);
     if (rc != 0)
         return rc;
     rc = store__state_load(txn, st->drafts, &s);
     mdb_txn_abort(txn);
+    rc = dbenv_error(rc);
     if (rc == 0)
         rc = store__state_each(st, &s, flags, cb, arg);
     store__state_free(&s);
@@ -130,6 +141,7 @@ struct save_item {
 };
 
 struct save_ctx {
+    struct store *st;
     const char *const *instances;
     size_t n;
     const struct store_commit *commit;
@@ -176,7 +188,7 @@ static int save_collect(struct store *st, MDB_txn *txn, struct save_ctx *c, stru
                 dup = strcmp(items[j].instance, c->instances[i]) == 0;
             if (dup)
                 continue;
-            key = store__key_str(c->instances[i]);
+            key = dbenv_key_str(c->instances[i]);
             rc = mdb_get(txn, st->drafts, &key, &val);
             if (rc == MDB_NOTFOUND)
                 rc = ERROR_NOT_FOUND;
@@ -243,7 +255,7 @@ static int save_check(struct store *st, MDB_txn *txn, struct save_ctx *c, struct
 {
     struct settings_problems *local;
     struct settings draft, current;
-    MDB_val key = store__key_str(item->instance), val;
+    MDB_val key = dbenv_key_str(item->instance), val;
     int rc;
 
     if (item->msg == NULL) {
@@ -300,9 +312,10 @@ free_local:
  * content is current; when no draft changes anything the save returns
  * ERROR_EMPTY and, like every failed save, leaves the drafts in place.
  */
-static int save_body(struct store *st, MDB_txn *txn, void *arg)
+static int save_body(MDB_txn *txn, void *arg)
 {
     struct save_ctx *c = arg;
+    struct store *st = c->st;
     struct save_item *items = NULL;
     Smtpsync__Change *changes = NULL, **ptrs = NULL;
     struct store_meta meta;
@@ -354,7 +367,7 @@ static int save_body(struct store *st, MDB_txn *txn, void *arg)
     }
     rc = store__revision_commit(st, txn, &meta, c->commit, ptrs, nchanged, 0, &c->revision);
     for (size_t i = 0; i < n && rc == 0; i++) {
-        key = store__key_str(items[i].instance);
+        key = dbenv_key_str(items[i].instance);
         rc = mdb_del(txn, st->drafts, &key, NULL);
     }
 free_changes:
@@ -370,6 +383,7 @@ int store_save(struct store *st, const char *const *instances, size_t n,
                uint64_t *revision_out)
 {
     struct save_ctx c = {
+        .st = st,
         .instances = instances,
         .n = n,
         .commit = commit,
@@ -386,7 +400,7 @@ int store_save(struct store *st, const char *const *instances, size_t n,
         c.problems_count = problems->count;
         c.problems_dropped = problems->dropped;
     }
-    rc = store__write(st, save_body, &c);
+    rc = dbenv_write(st->env, save_body, &c, 0);
     if (rc == 0 && revision_out != NULL)
         *revision_out = c.revision;
     return rc;

@@ -7,6 +7,7 @@
 #include <lmdb.h>
 #include <openssl/evp.h>
 
+#include "dbenv.h"
 #include "error.h"
 #include "settings_pb.h"
 #include "internal.h"
@@ -190,7 +191,7 @@ struct canon_change {
 /* out = SHA-256(prev || canonical(r)); canonical(r) packs a shallow copy of
  * `r` without its hash and with every Secret reduced to its id, so sealed
  * blobs (different on every node) never enter the chain. */
-static int chain_hash(const uint8_t prev[STORE_HASH_LEN], const Smtpsync__Revision *r,
+int store__chain_hash(const uint8_t prev[STORE_HASH_LEN], const Smtpsync__Revision *r,
                       uint8_t out[STORE_HASH_LEN])
 {
     Smtpsync__Revision c = *r;
@@ -332,14 +333,14 @@ static int state_rebuild(struct store *st, MDB_txn *txn, const struct store_meta
     if (rc != 0)
         return rc;
     next = meta->base_revision + 1;
-    key = store__key_rev(next, kb);
+    key = dbenv_key_u64(next, kb);
     rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
     for (;;) {
         if (rc == MDB_NOTFOUND)
             rc = ERROR_CORRUPT; /* a row is missing */
         if (rc != 0)
             break;
-        if (key.mv_size != 8 || store__rev_of_key(&key) != next) {
+        if (key.mv_size != 8 || dbenv_get_u64(key.mv_data) != next) {
             rc = ERROR_CORRUPT;
             break;
         }
@@ -350,7 +351,7 @@ static int state_rebuild(struct store *st, MDB_txn *txn, const struct store_meta
         }
         rc = r->revision == next ? 0 : ERROR_CORRUPT;
         if (rc == 0 && hash != NULL) {
-            rc = chain_hash(hash, r, next_hash);
+            rc = store__chain_hash(hash, r, next_hash);
             if (rc == 0 && (r->hash.len != STORE_HASH_LEN ||
                             memcmp(r->hash.data, next_hash, STORE_HASH_LEN) != 0))
                 rc = ERROR_CORRUPT;
@@ -408,12 +409,12 @@ int store__revision_commit(struct store *st, MDB_txn *txn, struct store_meta *me
     r.n_changes = n;
     r.changes = changes;
     r.rollback_of = rollback_of;
-    rc = chain_hash(meta->hash, &r, hash);
+    rc = store__chain_hash(meta->hash, &r, hash);
     if (rc != 0)
         return rc;
     r.hash = (ProtobufCBinaryData){.len = STORE_HASH_LEN, .data = hash};
 
-    key = store__key_rev(r.revision, kb);
+    key = dbenv_key_u64(r.revision, kb);
     val.mv_size = smtpsync__revision__get_packed_size(&r);
     rc = mdb_put(txn, st->history, &key, &val, MDB_NOOVERWRITE | MDB_RESERVE);
     if (rc == MDB_KEYEXIST)
@@ -423,7 +424,7 @@ int store__revision_commit(struct store *st, MDB_txn *txn, struct store_meta *me
     smtpsync__revision__pack(&r, val.mv_data);
 
     for (size_t i = 0; i < n; i++) {
-        key = store__key_str(changes[i]->instance);
+        key = dbenv_key_str(changes[i]->instance);
         if (changes[i]->kind == SMTPSYNC__CHANGE_KIND__CHANGE_KIND_DELETE) {
             rc = mdb_del(txn, st->settings, &key, NULL);
             if (rc == MDB_NOTFOUND)
@@ -451,6 +452,7 @@ int store__revision_commit(struct store *st, MDB_txn *txn, struct store_meta *me
 /* Rollback. */
 
 struct rollback_ctx {
+    struct store *st;
     uint64_t target;
     const struct store_commit *commit;
     uint64_t revision;
@@ -476,9 +478,10 @@ static bool packed_differs(struct store *st, const struct store_state_entry *a,
     return differs;
 }
 
-static int rollback_body(struct store *st, MDB_txn *txn, void *arg)
+static int rollback_body(MDB_txn *txn, void *arg)
 {
     struct rollback_ctx *c = arg;
+    struct store *st = c->st;
     struct store_state then = {0}, now = {0};
     Smtpsync__Change *changes = NULL, **ptrs = NULL;
     struct store_meta meta;
@@ -550,7 +553,7 @@ free_states:
 int store_rollback(struct store *st, uint64_t revision, const struct store_commit *commit,
                    uint64_t *revision_out)
 {
-    struct rollback_ctx c = {.target = revision, .commit = commit};
+    struct rollback_ctx c = {.st = st, .target = revision, .commit = commit};
     int rc;
 
     rc = store__check_commit(commit);
@@ -560,7 +563,7 @@ int store_rollback(struct store *st, uint64_t revision, const struct store_commi
      * delete every record, so it is refused. */
     if (revision == 0)
         return ERROR_INVALID;
-    rc = store__write(st, rollback_body, &c);
+    rc = dbenv_write(st->env, rollback_body, &c, 0);
     if (rc == 0 && revision_out != NULL)
         *revision_out = c.revision;
     return rc;
@@ -598,7 +601,7 @@ static int history_read(struct store *st, size_t limit, struct history_rows *h)
     MDB_val key, val;
     int rc;
 
-    rc = store__txn_read(st, &txn);
+    rc = dbenv_txn_read(st->env, &txn);
     if (rc != 0)
         return rc;
     rc = mdb_cursor_open(txn, st->history, &cur);
@@ -623,7 +626,7 @@ static int history_read(struct store *st, size_t limit, struct history_rows *h)
             break;
         }
         h->msgs[h->n++] = r;
-        if (key.mv_size != 8 || r->revision != store__rev_of_key(&key) ||
+        if (key.mv_size != 8 || r->revision != dbenv_get_u64(key.mv_data) ||
             r->hash.len != STORE_HASH_LEN) {
             rc = ERROR_CORRUPT;
             break;
@@ -634,7 +637,7 @@ static int history_read(struct store *st, size_t limit, struct history_rows *h)
     mdb_cursor_close(cur);
 txn_abort:
     mdb_txn_abort(txn);
-    return rc;
+    return dbenv_error(rc);
 }
 
 /* Fills h->rows from h->msgs: everything a callback sees. */
@@ -779,7 +782,7 @@ int store_diff(struct store *st, uint64_t from, uint64_t to, store_diff_cb cb, v
     MDB_txn *txn;
     int rc;
 
-    rc = store__txn_read(st, &txn);
+    rc = dbenv_txn_read(st->env, &txn);
     if (rc != 0)
         return rc;
     rc = store__meta_read(st, txn, &meta);
@@ -788,6 +791,7 @@ int store_diff(struct store *st, uint64_t from, uint64_t to, store_diff_cb cb, v
     if (rc == 0)
         rc = store__state_at(st, txn, &meta, to, &b);
     mdb_txn_abort(txn);
+    rc = dbenv_error(rc);
 
     while (rc == 0 && (i < a.n || j < b.n)) {
         int cmp = i == a.n ? 1 : j == b.n ? -1 : strcmp(a.v[i].instance, b.v[j].instance);
@@ -821,13 +825,15 @@ int store_diff(struct store *st, uint64_t from, uint64_t to, store_diff_cb cb, v
 /* Compaction and verification. */
 
 struct compact_ctx {
+    struct store *st;
     uint64_t keep;
     uint64_t removed;
 };
 
-static int compact_body(struct store *st, MDB_txn *txn, void *arg)
+static int compact_body(MDB_txn *txn, void *arg)
 {
     struct compact_ctx *c = arg;
+    struct store *st = c->st;
     uint8_t hash[STORE_HASH_LEN], kb[8];
     struct store_meta meta;
     struct store_state s = {0};
@@ -850,12 +856,12 @@ static int compact_body(struct store *st, MDB_txn *txn, void *arg)
     if (rc == 0)
         rc = mdb_drop(txn, st->snapshot, 0);
     for (size_t i = 0; i < s.n && rc == 0; i++) {
-        key = store__key_str(s.v[i].instance);
+        key = dbenv_key_str(s.v[i].instance);
         val = (MDB_val){.mv_size = s.v[i].len, .mv_data = s.v[i].data};
         rc = mdb_put(txn, st->snapshot, &key, &val, 0);
     }
     for (uint64_t r = meta.base_revision + 1; r <= base && rc == 0; r++) {
-        key = store__key_rev(r, kb);
+        key = dbenv_key_u64(r, kb);
         rc = mdb_del(txn, st->history, &key, NULL);
     }
     if (rc == 0) {
@@ -870,12 +876,12 @@ static int compact_body(struct store *st, MDB_txn *txn, void *arg)
 
 int store_compact(struct store *st, uint64_t keep, uint64_t *removed)
 {
-    struct compact_ctx c = {.keep = keep};
+    struct compact_ctx c = {.st = st, .keep = keep};
     int rc;
 
     if (keep == 0)
         return ERROR_INVALID;
-    rc = store__write(st, compact_body, &c);
+    rc = dbenv_write(st->env, compact_body, &c, 0);
     if (rc == 0 && removed != NULL)
         *removed = c.removed;
     return rc;
@@ -892,7 +898,7 @@ int store_verify(struct store *st)
     int rc;
 
     settings_init(&rec);
-    rc = store__txn_read(st, &txn);
+    rc = dbenv_txn_read(st->env, &txn);
     if (rc != 0)
         return rc;
     rc = store__meta_read(st, txn, &meta);
@@ -908,6 +914,7 @@ int store_verify(struct store *st)
     if (rc == 0)
         rc = store__state_load(txn, st->settings, &cur);
     mdb_txn_abort(txn);
+    rc = dbenv_error(rc);
     if (rc == 0 && built.n != cur.n)
         rc = ERROR_CORRUPT;
     for (size_t i = 0; i < cur.n && rc == 0; i++) {

@@ -139,8 +139,7 @@ enum syntax_host syntax_host_classify(const char *h, char *why, size_t whylen)
     return dns_name_valid(h, why, whylen) ? SYNTAX_HOST_DNS : SYNTAX_HOST_BAD;
 }
 
-/* RFC 5322 atext, which RFC 5321's Dot-string is made of. */
-static bool atext(unsigned char c)
+bool syntax_atext(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
            (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
@@ -200,7 +199,7 @@ static size_t local_part_parse(const char *a, char *why, size_t whylen)
             snprintf(why, whylen, "it has non-ASCII characters, which are not supported");
             return 0;
         }
-        if (c == ' ' || !atext(c)) {
+        if (c == ' ' || !syntax_atext(c)) {
             if (c == ' ')
                 snprintf(why, whylen, "a space is not allowed before \"@\" unless quoted");
             else

@@ -35,6 +35,10 @@ bool syntax_ipv6_bare(const char *s, char *bare, size_t barelen);
  * SYNTAX_HOST_BAD with the reason in `why`. */
 enum syntax_host syntax_host_classify(const char *h, char *why, size_t whylen);
 
+/* RFC 5322 atext, which RFC 5321's Dot-string and RFC 5322's dot-atom are
+ * made of: letters, digits and !#$%&'*+-/=?^_`{|}~; ASCII only. */
+bool syntax_atext(unsigned char c);
+
 /* RFC 5321 Mailbox = Local-part "@" ( Domain / address-literal ), ASCII only. */
 bool syntax_mailbox_valid(const char *a, char *why, size_t whylen);
 

@@ -149,6 +149,20 @@ static void test_dbenv_error_converts(void **state)
     assert_int_equal(dbenv_error(ERROR_CORRUPT), ERROR_CORRUPT);
 }
 
+/* A positive value is outside the convention: typically LMDB's system error
+ * passed on without dbenv_error(). Its text must not say "success". */
+static void test_dbenv_error_str_positive_is_not_success(void **state)
+{
+    (void)state;
+    assert_string_equal(error_str(0), "success");
+    assert_string_not_equal(error_str(EIO), "success");
+    assert_string_not_equal(error_str(1), "success");
+    assert_string_not_equal(error_str(0x7fffffff), "success");
+    assert_non_null(strstr(error_str(EACCES), "positive"));
+    /* Converted, the same value reads as its errno. */
+    assert_string_equal(error_str(dbenv_error(EIO)), strerror(EIO));
+}
+
 static void test_dbenv_open_system_error_negative(void **state)
 {
     struct dbenv_params p = {.maxdbs = 1, .map_size = TINY_MAP, .mode = 0600};
@@ -340,6 +354,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dbenv_error_converts),
+        cmocka_unit_test(test_dbenv_error_str_positive_is_not_success),
         cmocka_unit_test(test_dbenv_open_system_error_negative),
         cmocka_unit_test_setup_teardown(test_dbenv_write_grows_map_by_doubling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dbenv_write_grows_map_for_hint, setup, teardown),
