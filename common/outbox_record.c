@@ -18,6 +18,7 @@
 #include "internal.h"
 #include "smtp_message.h"
 #include "smtpsync.pb-c.h"
+#include "utf8.h"
 
 /* The largest record this code writes, with room for the envelope and the
  * fields around the message; anything larger is not ours. */
@@ -140,36 +141,6 @@ bool outbox__priority_valid(int p)
 /* ------------------------------------------------------------------------ */
 /* Text kept from delivery errors. */
 
-/* Length of the valid UTF-8 sequence at s[0..len), or 0 if there is none
- * (overlong forms, surrogates and code points above U+10FFFF included). */
-static size_t utf8_seq(const unsigned char *s, size_t len)
-{
-    size_t n;
-    uint32_t cp;
-
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        n = 2, cp = s[0] & 0x1fu;
-    else if (s[0] >= 0xe0 && s[0] <= 0xef)
-        n = 3, cp = s[0] & 0x0fu;
-    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-        n = 4, cp = s[0] & 0x07u;
-    else
-        return 0;
-    if (len < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3fu);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return n;
-}
-
 /* The text comes from a remote server and ends up in listings and JSON:
  * hence valid UTF-8 without control characters, cut on a boundary. */
 void outbox__error_copy(char out[OUTBOX_ERROR_MAX + 1], const char *in)
@@ -178,7 +149,7 @@ void outbox__error_copy(char out[OUTBOX_ERROR_MAX + 1], const char *in)
     size_t len = strlen((const char *)s), o = 0;
 
     while (len > 0) {
-        size_t n = utf8_seq(s, len);
+        size_t n = utf8_char_len((const char *)s, len);
         if (o + (n != 0 ? n : 1) > OUTBOX_ERROR_MAX)
             break;
         if (n == 0)
