@@ -8,9 +8,9 @@
  * resort for a failure reported without one).
  *
  * Nothing secret reaches the result: the client's details never hold one,
- * and the server's text, which a hostile server could make echo what it
- * was sent, is scrubbed of the password and of the base64 forms AUTH LOGIN
- * and AUTH PLAIN send it in before it is recorded.
+ * and it masks the password in the server's text, which a hostile server
+ * could make echo what it was sent (smtp_client_redact), before handing
+ * any of it out.
  */
 #include "internal.h"
 
@@ -22,9 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-
 #include "conntest.h"
 #include "error.h"
 #include "smtp_client.h"
@@ -34,7 +31,6 @@
 #define CONNTEST_TEXT_MAX 8192 /* a recorded string, before escaping */
 #define CONNTEST_DIAG_MAX 2048 /* a diagnosis */
 #define CONNTEST_NODE_MAX 256
-#define CONNTEST_SECRETS  3
 
 struct conntest {
     uv_loop_t *loop;
@@ -50,9 +46,6 @@ struct conntest {
     char *helo;
     char *revision;
     uint32_t port;
-    /* The password as it may come back in a server's text: plain, base64
-     * (AUTH LOGIN), base64 of "\0user\0password" (AUTH PLAIN). Wiped. */
-    char *secrets[CONNTEST_SECRETS];
 
     /* The test mail; msg points into the fields below. */
     struct smtp_client_msg msg;
@@ -122,47 +115,12 @@ static Smtpsync__TestStepKind step_kind(enum smtp_client_step_kind k)
 
 /* --- text ----------------------------------------------------------------- */
 
-/* Copies `in` with every occurrence of a secret replaced by the mask. */
-static char *redact(const struct conntest *ct, const char *in)
+/* Writes the `inlen` octets of `in` as printable ASCII: other octets as
+ * \xNN, and "\n" kept only when `multiline`. At most `max` input octets are
+ * taken; more is cut with "...". Returns a malloc'd string or NULL. */
+static char *escape(const char *in, size_t inlen, bool multiline, size_t max)
 {
-    char *cur = strdup(in);
-
-    for (size_t i = 0; i < CONNTEST_SECRETS && cur != NULL; i++) {
-        const char *secret = ct->secrets[i];
-        size_t slen, mlen = strlen(SETTINGS_PASSWORD_MASK), n = 0, cap;
-        const char *p, *hit;
-        char *out;
-
-        if (secret == NULL || (slen = strlen(secret)) == 0 || strstr(cur, secret) == NULL)
-            continue;
-        /* Each hit of slen >= 1 octets grows by at most mlen - 1. */
-        cap = strlen(cur) * mlen + 1;
-        out = malloc(cap);
-        if (out == NULL) {
-            OPENSSL_cleanse(cur, strlen(cur));
-            free(cur);
-            return NULL;
-        }
-        for (p = cur; (hit = strstr(p, secret)) != NULL; p = hit + slen) {
-            memcpy(out + n, p, (size_t)(hit - p));
-            n += (size_t)(hit - p);
-            memcpy(out + n, SETTINGS_PASSWORD_MASK, mlen);
-            n += mlen;
-        }
-        memcpy(out + n, p, strlen(p) + 1);
-        OPENSSL_cleanse(cur, strlen(cur));
-        free(cur);
-        cur = out;
-    }
-    return cur;
-}
-
-/* Writes `in` as printable ASCII: other octets as \xNN, and "\n" kept only
- * when `multiline`. At most `max` input octets are taken; more is cut with
- * "...". Returns a malloc'd string or NULL. */
-static char *escape(const char *in, bool multiline, size_t max)
-{
-    size_t n = strnlen(in, max + 1), o = 0;
+    size_t n = inlen > max ? max + 1 : inlen, o = 0;
     char *out = malloc((n > max ? max : n) * 4 + 4);
 
     if (out == NULL)
@@ -183,33 +141,29 @@ static char *escape(const char *in, bool multiline, size_t max)
 }
 
 /* Text from the server, the client or the settings as it is recorded:
- * redacted, then escaped. NULL and "" give NULL (the field keeps its
- * default ""); sets ct->nomem when out of memory. */
+ * escaped (the client masked the password already). NULL and "" give NULL
+ * (the field keeps its default ""); sets ct->nomem when out of memory. */
 static char *record_text(struct conntest *ct, const char *in, bool multiline)
 {
-    char *red, *out;
+    size_t n;
+    char *out;
 
     if (in == NULL || in[0] == '\0')
         return NULL;
-    red = redact(ct, in);
-    if (red == NULL) {
-        ct->nomem = true;
-        return NULL;
-    }
     /* Trailing line ends of a reply say nothing. */
-    for (size_t n = strlen(red); n > 0 && (red[n - 1] == '\n' || red[n - 1] == '\r'); n--)
-        red[n - 1] = '\0';
-    out = red[0] != '\0' ? escape(red, multiline, CONNTEST_TEXT_MAX) : NULL;
-    if (out == NULL && red[0] != '\0')
+    for (n = strlen(in); n > 0 && (in[n - 1] == '\n' || in[n - 1] == '\r'); n--)
+        ;
+    if (n == 0)
+        return NULL;
+    out = escape(in, n, multiline, CONNTEST_TEXT_MAX);
+    if (out == NULL)
         ct->nomem = true;
-    OPENSSL_cleanse(red, strlen(red));
-    free(red);
     return out;
 }
 
 /* --- recording steps ------------------------------------------------------ */
 
-/* Appends a step; its strings are recorded (redacted, escaped). */
+/* Appends a step; its strings are recorded (escaped). */
 static void step_add(struct conntest *ct, Smtpsync__TestStepKind kind, bool ok, uint64_t elapsed_us,
                      const char *detail, const char *reply, const char *diagnosis)
 {
@@ -313,16 +267,11 @@ static void step_settings(struct conntest *ct, const struct settings_problems *p
 
 /* --- the session ---------------------------------------------------------- */
 
-/* Frees the test and what it owns but its result; wipes the secrets. */
+/* Frees the test and what it owns but its result; the password is wiped
+ * by settings_clear(). */
 static void conntest_free(struct conntest *ct)
 {
     settings_clear(&ct->settings);
-    for (size_t i = 0; i < CONNTEST_SECRETS; i++) {
-        if (ct->secrets[i] != NULL) {
-            OPENSSL_cleanse(ct->secrets[i], strlen(ct->secrets[i]));
-            free(ct->secrets[i]);
-        }
-    }
     free(ct->data);
     free(ct->helo);
     free(ct->revision);
@@ -473,43 +422,6 @@ static void on_closed(void *arg, enum smtp_fail fail, const char *reason)
 
 /* --- start ---------------------------------------------------------------- */
 
-/* base64 of len octets, NUL-terminated, or NULL. */
-static char *base64(const unsigned char *in, size_t len)
-{
-    char *out = malloc(4 * ((len + 2) / 3) + 1);
-
-    if (out != NULL)
-        EVP_EncodeBlock((unsigned char *)out, in, (int)len);
-    return out;
-}
-
-/* The forms of the password a server might echo (struct conntest). */
-static int make_secrets(struct conntest *ct)
-{
-    const struct settings *s = &ct->settings;
-    size_t ulen, plen, n;
-    unsigned char *plain;
-
-    if (s->password == NULL || s->password[0] == '\0')
-        return 0;
-    ulen = strlen(s->user_id);
-    plen = strlen(s->password);
-    if ((ct->secrets[0] = strdup(s->password)) == NULL ||
-        (ct->secrets[1] = base64((const unsigned char *)s->password, plen)) == NULL)
-        return -ENOMEM;
-    n = 1 + ulen + 1 + plen;
-    if ((plain = malloc(n)) == NULL)
-        return -ENOMEM;
-    plain[0] = '\0';
-    memcpy(plain + 1, s->user_id, ulen);
-    plain[1 + ulen] = '\0';
-    memcpy(plain + 2 + ulen, s->password, plen);
-    ct->secrets[2] = base64(plain, n);
-    OPENSSL_cleanse(plain, n);
-    free(plain);
-    return ct->secrets[2] == NULL ? -ENOMEM : 0;
-}
-
 /* Every reason the settings cannot be tried, into `out`. */
 static void check_settings(const struct conntest *ct, const struct conntest_params *params,
                            struct settings_problems *out)
@@ -636,8 +548,6 @@ int conntest_start(uv_loop_t *loop, const struct conntest_params *params, connte
     ct->node[sizeof(ct->node) - 1] = '\0';
     if ((params->helo != NULL && (ct->helo = strdup(params->helo)) == NULL) ||
         (params->revision != NULL && (ct->revision = strdup(params->revision)) == NULL))
-        goto free_ct;
-    if (make_secrets(ct) < 0)
         goto free_ct;
     if ((ct->result = malloc(sizeof(*ct->result))) == NULL)
         goto free_ct;

@@ -134,13 +134,20 @@ static void format_time(char *buf, size_t len)
 {
     struct timespec ts;
     struct tm tm;
+    size_t n;
 
     if (clock_gettime(CLOCK_REALTIME, &ts) != 0 || gmtime_r(&ts.tv_sec, &tm) == NULL) {
         snprintf(buf, len, "-");
         return;
     }
-    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    /* strftime, then the milliseconds: a year past 9999 cannot overflow
+     * the buffer, it only drops the fraction. */
+    n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (n == 0) {
+        snprintf(buf, len, "-");
+        return;
+    }
+    snprintf(buf + n, len - n, ".%03dZ", (int)(ts.tv_nsec / 1000000 % 1000));
 }
 
 static void write_all(const char *buf, size_t len)

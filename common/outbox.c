@@ -599,18 +599,41 @@ txn_abort:
 struct apply_ctx {
     struct outbox *ob;
     const struct outbox_result *results;
+    const struct outbox_rcpts *rcpts; /* NULL, or one per result */
     size_t n;
     int64_t now_ms;
 };
 
-static int apply_one(struct outbox *ob, MDB_txn *txn, const struct outbox_result *res,
-                     int64_t now_ms)
+/* The recipients of `r` that `keep` names, in r's order, into *out (borrowed
+ * from r; free the array only). *n is 0 when `keep` names none. */
+static int rcpts_narrow(const Smtpsync__OutboxMessage *r, const struct outbox_rcpts *keep,
+                        char ***out, size_t *n)
 {
-    char kept[OUTBOX_ERROR_MAX + 1], reason[OUTBOX_ERROR_MAX + 64];
+    char **kept = malloc((r->n_rcpt_to > 0 ? r->n_rcpt_to : 1) * sizeof(*kept));
+
+    *n = 0;
+    *out = kept;
+    if (kept == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < r->n_rcpt_to; i++)
+        for (size_t j = 0; j < keep->nrcpts; j++)
+            if (strcmp(r->rcpt_to[i], keep->rcpts[j]) == 0) {
+                kept[(*n)++] = r->rcpt_to[i];
+                break;
+            }
+    return 0;
+}
+
+static int apply_one(struct outbox *ob, MDB_txn *txn, const struct outbox_result *res,
+                     const struct outbox_rcpts *keep, int64_t now_ms)
+{
+    char kept_error[OUTBOX_ERROR_MAX + 1], reason[OUTBOX_ERROR_MAX + 64];
     uint8_t kb[8], db[OUTBOX__DUE_KEY_LEN];
     MDB_val key = dbenv_key_u64(res->id, kb), val, dk;
     Smtpsync__OutboxMessage *r;
     struct outbox_due d;
+    char **saved_rcpts, **kept = NULL;
+    size_t saved_n, nkept = 0;
     char *saved;
     const char *why;
     int rc;
@@ -649,12 +672,27 @@ static int apply_one(struct outbox *ob, MDB_txn *txn, const struct outbox_result
     r->next_try_ms = res->next_try_ms < r->expires_ms ? res->next_try_ms : r->expires_ms;
     if (r->next_try_ms < 0)
         r->next_try_ms = 0;
-    outbox__error_copy(kept, res->error);
+    if (keep != NULL && keep->nrcpts > 0) {
+        rc = rcpts_narrow(r, keep, &kept, &nkept);
+        if (rc != 0)
+            goto free_record;
+    }
+    outbox__error_copy(kept_error, res->error);
+    /* Borrowed for packing; the unpacked ones go back before free. */
     saved = r->last_error;
-    r->last_error = kept;
+    saved_rcpts = r->rcpt_to;
+    saved_n = r->n_rcpt_to;
+    r->last_error = kept_error;
+    if (nkept > 0) {
+        r->rcpt_to = kept;
+        r->n_rcpt_to = nkept;
+    }
     rc = pending_put(ob, txn, r, 0);
     r->last_error = saved;
+    r->rcpt_to = saved_rcpts;
+    r->n_rcpt_to = saved_n;
 free_record:
+    free(kept);
     outbox__record_free(r);
     return rc;
 }
@@ -665,30 +703,52 @@ static int apply_body(MDB_txn *txn, void *arg)
     int rc = 0;
 
     for (size_t i = 0; i < c->n && rc == 0; i++)
-        rc = apply_one(c->ob, txn, &c->results[i], c->now_ms);
+        rc = apply_one(c->ob, txn, &c->results[i], c->rcpts != NULL ? &c->rcpts[i] : NULL,
+                       c->now_ms);
     return rc;
 }
 
-/* On failure nothing is applied, yet the leases end all the same: the
- * messages are then tried again, as after a crash. */
-int outbox_apply(struct outbox *ob, const struct outbox_result *results, size_t n, int64_t now_ms)
+/* On failure nothing is applied and the leases stay: a message whose
+ * outcome is not on disk is not handed out again (sent again) meanwhile. */
+int outbox_apply_rcpts(struct outbox *ob, const struct outbox_result *results,
+                       const struct outbox_rcpts *rcpts, size_t n, int64_t now_ms)
 {
-    struct apply_ctx c = {ob, results, n, now_ms};
+    struct apply_ctx c = {ob, results, rcpts, n, now_ms};
+    bool writes = false;
     int rc = 0;
 
     if (n == 0)
         return 0;
     if (results == NULL)
         return ERROR_INVALID;
-    for (size_t i = 0; i < n && rc == 0; i++)
+    for (size_t i = 0; i < n; i++) {
+        const struct outbox_rcpts *k = rcpts != NULL ? &rcpts[i] : NULL;
+
         if (results[i].outcome != OUTBOX_DELIVERED && results[i].outcome != OUTBOX_DEFER &&
             results[i].outcome != OUTBOX_DEAD && results[i].outcome != OUTBOX_RELEASE)
-            rc = ERROR_INVALID;
-    if (rc == 0)
+            return ERROR_INVALID;
+        if (k != NULL && k->nrcpts > 0) {
+            if (results[i].outcome != OUTBOX_DEFER || k->rcpts == NULL)
+                return ERROR_INVALID;
+            for (size_t j = 0; j < k->nrcpts; j++)
+                if (k->rcpts[j] == NULL)
+                    return ERROR_INVALID;
+        }
+        writes = writes || results[i].outcome != OUTBOX_RELEASE;
+    }
+    /* Giving leases back writes nothing: it works on a full disk too. */
+    if (writes)
         rc = dbenv_write(ob->env, apply_body, &c, 0);
+    if (rc != 0)
+        return rc;
     for (size_t i = 0; i < n; i++)
         outbox__lease_remove(&ob->leases, results[i].id);
-    return rc;
+    return 0;
+}
+
+int outbox_apply(struct outbox *ob, const struct outbox_result *results, size_t n, int64_t now_ms)
+{
+    return outbox_apply_rcpts(ob, results, NULL, n, now_ms);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -17,8 +17,8 @@
  * and that commit the message is sent again, so delivery is at least once.
  *
  * Messages handed out by outbox_take() are "leased" in memory: a later
- * take skips them until they are given back by outbox_apply(). Leases do
- * not survive a restart, which is what makes a crash redeliver.
+ * take skips them until a successful outbox_apply() gives them back. Leases
+ * do not survive a restart, which is what makes a crash redeliver.
  *
  * A `struct outbox` is used by one thread at a time.
  */
@@ -123,12 +123,33 @@ struct outbox_result {
     const char *error;   /* DEFER: last error; DEAD: reason */
 };
 
-/* Applies results in one transaction and ends their leases. An unknown id
+/*
+ * Applies results in one transaction and ends their leases. An unknown id
  * is skipped (dropped meanwhile by an operator). Errors are kept to
  * OUTBOX_ERROR_MAX octets, cut on a UTF-8 boundary, control characters as
- * spaces. On failure nothing is applied, yet the leases end all the same:
- * the messages are tried again, as after a crash. */
+ * spaces. Returns 0, ERROR_INVALID (an unknown outcome), or an LMDB /
+ * -errno error (a full disk): then nothing is applied and every lease
+ * stays, so that the messages are not handed out again while their
+ * outcome waits; the caller applies the results again later. A batch of
+ * RELEASE results only writes nothing and cannot fail that way.
+ */
 int outbox_apply(struct outbox *ob, const struct outbox_result *results, size_t n, int64_t now_ms);
+
+/* The recipients a DEFER result keeps: those the server neither accepted
+ * nor refused for good, when it accepted others (the message went to them
+ * and must not go to them again). */
+struct outbox_rcpts {
+    const char *const *rcpts;
+    size_t nrcpts; /* 0: the message keeps every recipient */
+};
+
+/* outbox_apply() where, when `rcpts` is not NULL, rcpts[i] narrows the
+ * recipients of the DEFER result results[i] to those of its recipients it
+ * names (in their stored order), in the same transaction. A list that
+ * names none of them changes nothing. ERROR_INVALID for a list given with
+ * another outcome or holding a NULL. */
+int outbox_apply_rcpts(struct outbox *ob, const struct outbox_result *results,
+                       const struct outbox_rcpts *rcpts, size_t n, int64_t now_ms);
 
 /* Operator actions. retry: a dead message back to pending (attempts reset,
  * expiry renewed from now) or a pending one due now; drop: removes from

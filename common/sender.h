@@ -13,16 +13,37 @@
  * each of which sends queued messages one after another on the same
  * connection (up to `max_per_session`) before QUIT. Outcomes:
  *   - accepted (250 after DATA)        -> delivered, removed
+ *   - accepted for some recipients     -> delivered to those; the ones
+ *                                         refused with 4xx stay (the message
+ *                                         is deferred for them alone), those
+ *                                         refused with 5xx are dropped and
+ *                                         logged; none left: removed
  *   - 4xx, connection/TLS failures     -> deferred: backoff_delay() from
  *                                         retry_initial_ms up to retry_max_ms
+ *   - a session refused before its     -> deferred, whatever the code (a 554
+ *     first message                       greeting, 5xx to EHLO and HELO): it
+ *                                         is the relay's failure, not the mail's
  *   - 5xx (every recipient or DATA)    -> dead, with the server's reply
- *   - expired                          -> dead ("expired after N attempts")
- *   - no record for the instance, or one that fails settings_validate()
- *                                      -> dead ("invalid settings: ...")
- * When some recipients are refused with 5xx and others accepted, the
- * message is delivered to the accepted ones and the refusals are logged.
+ *   - expired (also while waiting for  -> dead ("expired after N attempts")
+ *     a session)
+ *   - no record for the instance yet   -> deferred until usable settings
+ *     (a new node starts empty), one      arrive or the message expires; the
+ *     that fails settings_validate()      problem is logged once per revision
+ *     (no hostname...), or that cannot    (not at every message); the first
+ *     be read                             64 messages so deferred are made
+ *                                         due again as soon as usable
+ *                                         settings are loaded. An operator
+ *                                         fixes the record and mail flows; it
+ *                                         is dead only at expiry.
+ *   - trust_certificate problems       -> logged once per revision, and not
+ *     (expired, not yet valid...)         held against the settings: the TLS
+ *                                         handshake checks the certificate at
+ *                                         the moment of sending (a failure
+ *                                         there defers like any TLS failure)
  * Results are committed in batches (outbox_apply), at most one transaction
- * per loop iteration.
+ * per loop iteration. A commit that fails (a full disk) keeps the results
+ * and their messages' leases: nothing is taken (or sent twice) meanwhile,
+ * and the commit is tried again with backoff.
  *
  * Ownership: the sender borrows the loop, the store and the outbox; they
  * must outlive it. sender_stop() stops taking mail, lets sessions finish

@@ -45,16 +45,6 @@ static_assert(SMTP_REPLY_LINE_MAX == SMTP_CLIENT_LINE_MAX, "one line limit");
 static_assert(SMTP_REPLY_LINES_MAX == SMTP_CLIENT_REPLY_LINES_MAX, "one line count limit");
 static_assert(SMTP_REPLY_TEXT_MAX == SMTP_CLIENT_REPLY_TEXT_MAX, "one reply text limit");
 
-/* RFC 5321 §4.5.3.2, in seconds; connect is ours. */
-#define DEFAULT_CONNECT    30
-#define DEFAULT_GREETING   300
-#define DEFAULT_COMMAND    300
-#define DEFAULT_MAIL       300
-#define DEFAULT_RCPT       300
-#define DEFAULT_DATA_INIT  120
-#define DEFAULT_DATA_BLOCK 180
-#define DEFAULT_DATA_TERM  600
-
 static const char *const fail_text[] = {
 #define XX(name, text) text,
     SMTP_FAIL_MAP(XX)
@@ -117,54 +107,33 @@ void smtp_client__reason(const struct smtp_client *c, char *buf, size_t len, con
         smtp_reply_summary(&c->reply, buf + n, len - (size_t)n);
 }
 
-uint64_t smtp_client__timeout(const struct smtp_client *c, enum settings_field f)
-{
-    uint32_t s = settings__timeout_value(&c->settings, f);
-
-    if (s == 0) {
-        switch (f) {
-        case SETTINGS_F_TIMEOUT_CONNECT:
-            s = DEFAULT_CONNECT;
-            break;
-        case SETTINGS_F_TIMEOUT_GREETING:
-            s = DEFAULT_GREETING;
-            break;
-        case SETTINGS_F_TIMEOUT_MAIL:
-            s = DEFAULT_MAIL;
-            break;
-        case SETTINGS_F_TIMEOUT_RCPT:
-            s = DEFAULT_RCPT;
-            break;
-        case SETTINGS_F_TIMEOUT_DATA_INIT:
-            s = DEFAULT_DATA_INIT;
-            break;
-        case SETTINGS_F_TIMEOUT_DATA_BLOCK:
-            s = DEFAULT_DATA_BLOCK;
-            break;
-        case SETTINGS_F_TIMEOUT_DATA_TERM:
-            s = DEFAULT_DATA_TERM;
-            break;
-        default:
-            s = DEFAULT_COMMAND;
-            break;
-        }
-    }
-    return (uint64_t)s * 1000;
-}
-
 /* ---- steps ---- */
+
+/* Buffers for a step's texts: larger than any detail or reply the client
+ * makes (a copy is never cut, which could cut a secret in half). */
+#define STEP_DETAIL_MAX (2 * SMTP_CLIENT_REASON_MAX + 64)
+#define STEP_REPLY_MAX  (SMTP_CLIENT_REPLY_TEXT_MAX + 64)
+
+/* A copy of `in` with the password masked, for handing out. */
+static const char *redacted(const struct smtp_client *c, char *buf, size_t len, const char *in)
+{
+    snprintf(buf, len, "%s", in);
+    smtp_client_redact(&c->settings, buf, len);
+    return buf;
+}
 
 void smtp_client__step(struct smtp_client *c, enum smtp_client_step_kind kind, bool ok,
                        enum smtp_fail fail, const char *detail, const char *reply)
 {
+    char dbuf[STEP_DETAIL_MAX], rbuf[STEP_REPLY_MAX];
     uint64_t now = uv_hrtime();
     struct smtp_client_step step = {
         .kind = kind,
         .ok = ok,
         .fail = ok ? SMTP_FAIL_NONE : fail,
         .elapsed_us = (now - c->step_start) / 1000,
-        .detail = detail != NULL ? detail : "",
-        .server_reply = reply,
+        .detail = redacted(c, dbuf, sizeof(dbuf), detail != NULL ? detail : ""),
+        .server_reply = reply != NULL ? redacted(c, rbuf, sizeof(rbuf), reply) : NULL,
     };
 
     c->step_start = now;
@@ -176,6 +145,7 @@ void smtp_client__step(struct smtp_client *c, enum smtp_client_step_kind kind, b
 /* The fallback warning: ok=false, warning=true, the session goes on. */
 static void step_warning(struct smtp_client *c, const char *detail, const char *reply)
 {
+    char dbuf[STEP_DETAIL_MAX], rbuf[STEP_REPLY_MAX];
     uint64_t now = uv_hrtime();
     struct smtp_client_step step = {
         .kind = SMTP_STEP_STARTTLS,
@@ -183,8 +153,8 @@ static void step_warning(struct smtp_client *c, const char *detail, const char *
         .warning = true,
         .fail = SMTP_FAIL_STARTTLS,
         .elapsed_us = (now - c->step_start) / 1000,
-        .detail = detail,
-        .server_reply = reply,
+        .detail = redacted(c, dbuf, sizeof(dbuf), detail),
+        .server_reply = reply != NULL ? redacted(c, rbuf, sizeof(rbuf), reply) : NULL,
     };
 
     c->step_start = now;
@@ -271,6 +241,7 @@ void smtp_client__finish(struct smtp_client *c, enum smtp_fail fail, const char 
     va_start(ap, fmt);
     vsnprintf(c->reason, sizeof(c->reason), fmt, ap);
     va_end(ap);
+    smtp_client_redact(&c->settings, c->reason, sizeof(c->reason));
     report = fail != SMTP_FAIL_NONE && fail != SMTP_FAIL_CANCELLED && !c->step_failed;
     if (report && c->in_reply)
         smtp_reply_received(&c->reply, reply, sizeof(reply));
@@ -465,6 +436,7 @@ static void starttls_unavailable(struct smtp_client *c, const char *what, const 
     if (fallback && !c->settings.logon_required) {
         snprintf(detail, sizeof(detail), "%s; continuing without TLS (starttls_fallback is on)",
                  what);
+        smtp_client_redact(&c->settings, detail, sizeof(detail));
         log_debug("smtp %s: %s", c->peer, detail);
         step_warning(c, detail, reply);
         c->want_starttls = false;
@@ -579,7 +551,11 @@ static void event_reply(struct smtp_client *c)
 {
     char what[SMTP_CLIENT_REASON_MAX], reason[SMTP_CLIENT_REASON_MAX];
 
-    log_debug("smtp %s <<< %s", c->peer, c->reply.text);
+    /* A challenge, or an echo of what was sent, is nobody's business. */
+    if (c->state == SMTP_CLIENT_AUTH)
+        log_debug("smtp %s <<< %d [AUTH exchange not logged]", c->peer, c->reply.code);
+    else
+        log_debug("smtp %s <<< %s", c->peer, redacted(c, reason, sizeof(reason), c->reply.text));
     uv_timer_stop(&c->timer);
     if (c->reply.code == 421 && c->state != SMTP_CLIENT_QUIT) {
         /* RFC 5321 §3.8: the server is closing the channel. */
@@ -640,6 +616,13 @@ static void event_timeout(struct smtp_client *c)
     unsigned long long secs = (unsigned long long)(c->timer_ms / 1000);
 
     switch (c->state) {
+    case SMTP_CLIENT_RESOLVE:
+        /* getaddrinfo() cannot be stopped: on_closed waits for it, but the
+         * step and the reason are known now. */
+        snprintf(what, sizeof(what), "no answer within %llu s", secs);
+        smtp_client__step(c, SMTP_STEP_RESOLVE, false, SMTP_FAIL_TIMEOUT, what, NULL);
+        smtp_client__finish(c, SMTP_FAIL_TIMEOUT, "cannot resolve %s: %s", c->host, what);
+        return;
     case SMTP_CLIENT_CONNECT:
         snprintf(what, sizeof(what), "no answer within %llu s", secs);
         smtp_client__attempt_failed(c, what, true);
@@ -681,7 +664,6 @@ static void event_timeout(struct smtp_client *c)
                             c->host, secs);
         return;
     case SMTP_CLIENT_INIT:
-    case SMTP_CLIENT_RESOLVE:
     case SMTP_CLIENT_READY:
     case SMTP_CLIENT_CLOSING:
     case SMTP_CLIENT_CLOSED:
@@ -768,8 +750,8 @@ void smtp_client__event(struct smtp_client *c, enum smtp_client_event ev)
         event_timeout(c);
         return;
     case SMTP_CLIENT_EV_KICK:
-        if (c->state == SMTP_CLIENT_IDLE)
-            smtp_client__set_state(c, SMTP_CLIENT_READY);
+        /* smtp_client_kick() sends it only in IDLE. */
+        smtp_client__set_state(c, SMTP_CLIENT_READY);
         return;
     case SMTP_CLIENT_EV_CANCEL:
         smtp_client__finish(c, SMTP_FAIL_CANCELLED, "cancelled");
@@ -839,8 +821,11 @@ void smtp_client__set_state(struct smtp_client *c, enum smtp_client_state s)
         c->step_failed = false;
     switch (s) {
     case SMTP_CLIENT_INIT:
-    case SMTP_CLIENT_RESOLVE:
     case SMTP_CLIENT_CLOSED:
+        return;
+    case SMTP_CLIENT_RESOLVE:
+        /* Resolving is part of connecting, and bounded by its timeout. */
+        smtp_client__arm(c, smtp_client__timeout(c, SETTINGS_F_TIMEOUT_CONNECT));
         return;
     case SMTP_CLIENT_CONNECT:
         c->attempt_timed_out = true;
@@ -887,10 +872,15 @@ void smtp_client__set_state(struct smtp_client *c, enum smtp_client_state s)
     case SMTP_CLIENT_DOT:
         smtp_client__mail_enter(c);
         return;
-    case SMTP_CLIENT_QUIT:
-        smtp_client__arm(c, smtp_client__timeout(c, SETTINGS_F_TIMEOUT_COMMAND));
+    case SMTP_CLIENT_QUIT: {
+        /* Every message is settled by now: a server slow to say goodbye
+         * must not hold the session (and the sender's slot) for minutes. */
+        uint64_t ms = smtp_client__timeout(c, SETTINGS_F_TIMEOUT_COMMAND);
+
+        smtp_client__arm(c, ms < SMTP_CLIENT_QUIT_MS ? ms : SMTP_CLIENT_QUIT_MS);
         smtp_client__command(c, false, "QUIT");
         return;
+    }
     case SMTP_CLIENT_CLOSING:
         closing_enter(c);
         return;
@@ -996,9 +986,12 @@ free_client:
     return rc;
 }
 
-void smtp_client_kick(struct smtp_client *c)
+bool smtp_client_kick(struct smtp_client *c)
 {
+    if (c->state != SMTP_CLIENT_IDLE)
+        return false;
     smtp_client__event(c, SMTP_CLIENT_EV_KICK);
+    return true;
 }
 
 void smtp_client_cancel(struct smtp_client *c)

@@ -28,7 +28,20 @@
  *   - Replies: lines over 512 octets, more than SMTP_CLIENT_REPLY_LINES_MAX
  *     lines, inconsistent codes or garbage end the session with a reason.
  *   - Per-phase timeouts from settings.timeouts (0: RFC 5321 §4.5.3.2
- *     defaults; connect 30 s).
+ *     defaults; connect 30 s). Resolving the name counts against the
+ *     connect timeout; the reply to QUIT is awaited SMTP_CLIENT_QUIT_MS at
+ *     most (the mail is sent by then: nothing is lost by not waiting).
+ *   - Nothing secret leaves the client: the password, its base64 (AUTH
+ *     LOGIN) and the AUTH PLAIN blob are masked (SETTINGS_PASSWORD_MASK) in
+ *     every reason, step detail, server reply and recipient text it hands
+ *     out, as a hostile server may echo what it was sent; debug logs name
+ *     AUTH lines by a fixed label and do not quote the AUTH exchange's
+ *     replies.
+ *
+ * Failures and callbacks: every end of a session but a clean QUIT or a
+ * cancel is reported first through on_step, as a failed step of the phase
+ * it happened in (RESOLVE ... QUIT), then a message held gets on_done, then
+ * on_closed. So Test Connection always knows where a session broke.
  *
  * Ownership: the client allocates itself in smtp_client_start() and frees
  * itself after on_closed returns, the last callback it makes. It copies the
@@ -50,6 +63,7 @@
 #define SMTP_CLIENT_REPLY_LINES_MAX 100  /* lines in one multi-line reply */
 #define SMTP_CLIENT_REPLY_TEXT_MAX  1024 /* reply text kept for reports */
 #define SMTP_CLIENT_REASON_MAX      1024
+#define SMTP_CLIENT_QUIT_MS         10000 /* wait for the reply to QUIT */
 
 struct smtp_client;
 
@@ -148,7 +162,8 @@ struct smtp_client_step {
 struct smtp_client_callbacks {
     /* Ready for a message: set *msg and return true, or return false when
      * there is none now (the client waits idle_ms for smtp_client_kick()
-     * and then sends QUIT). May be called many times per session. */
+     * and then sends QUIT, after which it never asks again). May be called
+     * many times per session, and from inside smtp_client_kick(). */
     bool (*on_next)(void *ctx, const struct smtp_client_msg **msg);
     /* The transaction for `msg` ended, accepted or not. */
     void (*on_done)(void *ctx, const struct smtp_client_msg *msg,
@@ -178,8 +193,20 @@ struct smtp_client_params {
 int smtp_client_start(uv_loop_t *loop, const struct smtp_client_params *params,
                       const struct smtp_client_callbacks *cb, void *ctx, struct smtp_client **out);
 
-/* Idle and waiting for a message: call on_next again now. */
-void smtp_client_kick(struct smtp_client *c);
+/* New mail: when the session is idle (on_next returned false and idle_ms
+ * has not run out), calls on_next again at once, from inside this call,
+ * and returns true. Returns false and does nothing in any other state: the
+ * session is busy (it asks by itself when done), still connecting (it asks
+ * once ready), or past idle and ending (it never asks again; start another
+ * session for the mail). */
+bool smtp_client_kick(struct smtp_client *c);
+
+/* Masks, in the string `text` (room for `size` octets), every form in
+ * which the password of `s` may come back from a server: as it is, as
+ * escaped in a reply, its base64 (AUTH LOGIN) and the AUTH PLAIN blob.
+ * The client applies it to everything it hands out; whoever quotes a
+ * server's text from elsewhere may use it too. */
+void smtp_client_redact(const struct settings *s, char *text, size_t size);
 
 /* Ends the session now: a held message gets on_done with SMTP_FAIL_CANCELLED,
  * then on_closed. Safe to call from any callback except on_closed. */

@@ -9,7 +9,8 @@
  *
  * Every buffer that holds the password, or something it can be recovered
  * from (its base64), is wiped with OPENSSL_cleanse before it goes away; no
- * log line or step carries it.
+ * log line or step carries it (smtp_client__command() logs AUTH lines by a
+ * label), and smtp_client_redact() masks it in whatever a server sends back.
  */
 #include "internal.h"
 
@@ -61,6 +62,62 @@ static void b64(char *out, const void *in, size_t len)
     EVP_EncodeBlock((unsigned char *)out, in, (int)len);
 }
 
+/* Replaces every occurrence of `secret` in the string `text` (room for
+ * `size` octets) with the mask, cutting what no longer fits; octets freed
+ * at the end are zeroed, so no tail of a secret stays behind the NUL. */
+static void redact_form(char *text, size_t size, const char *secret)
+{
+    size_t slen = strlen(secret), mlen = strlen(SETTINGS_PASSWORD_MASK);
+    size_t len = strnlen(text, size);
+    char *p = text, *hit;
+
+    if (slen == 0 || len == size)
+        return;
+    while ((hit = strstr(p, secret)) != NULL) {
+        size_t at = (size_t)(hit - text), tail = len - at - slen, room = size - 1 - at;
+        size_t m = mlen < room ? mlen : room, t = tail < room - m ? tail : room - m;
+
+        memmove(hit + m, hit + slen, t);
+        memcpy(hit, SETTINGS_PASSWORD_MASK, m);
+        if (at + m + t < len)
+            memset(hit + m + t, 0, len - (at + m + t));
+        len = at + m + t;
+        text[len] = '\0';
+        p = hit + m;
+    }
+}
+
+void smtp_client_redact(const struct settings *s, char *text, size_t size)
+{
+    char raw[SETTINGS_USER_MAX + SETTINGS_PASSWORD_MAX + 2];
+    char enc[B64_MAX], esc[4 * SETTINGS_PASSWORD_MAX + 1];
+    size_t ulen, plen;
+
+    if (s == NULL || s->password == NULL || s->password[0] == '\0' || text == NULL || size == 0)
+        return;
+    ulen = strnlen(s->user_id, sizeof(s->user_id) - 1);
+    plen = strnlen(s->password, SETTINGS_PASSWORD_MAX);
+    /* Longest first: a shorter form masked inside a longer one would leave
+     * the rest of that one to decode. AUTH PLAIN's blob, AUTH LOGIN's
+     * base64, then the password as escaped in a reply, and as it is. */
+    raw[0] = '\0';
+    memcpy(raw + 1, s->user_id, ulen);
+    raw[1 + ulen] = '\0';
+    memcpy(raw + 2 + ulen, s->password, plen);
+    b64(enc, raw, 2 + ulen + plen);
+    redact_form(text, size, enc);
+    b64(enc, s->password, plen);
+    redact_form(text, size, enc);
+    smtp_reply_escape(esc, sizeof(esc), s->password, plen);
+    redact_form(text, size, esc);
+    memcpy(raw, s->password, plen);
+    raw[plen] = '\0';
+    redact_form(text, size, raw);
+    OPENSSL_cleanse(raw, sizeof(raw));
+    OPENSSL_cleanse(enc, sizeof(enc));
+    OPENSSL_cleanse(esc, sizeof(esc));
+}
+
 static void auth_plain(struct smtp_client *c)
 {
     const struct settings *s = &c->settings;
@@ -79,7 +136,9 @@ static void auth_plain(struct smtp_client *c)
     OPENSSL_cleanse(enc, sizeof(enc));
 }
 
-/* The reply to the CRAM-MD5 challenge: base64("user hex(HMAC-MD5)"). */
+/* The reply to the CRAM-MD5 challenge: base64("user hex(HMAC-MD5)").
+ * Returns 0, ERROR_DECODE for a malformed challenge, ERROR_CRYPTO when
+ * HMAC fails, or the error of sending (the session is ending then). */
 static int cram_response(struct smtp_client *c, const char *challenge64)
 {
     const struct settings *s = &c->settings;
@@ -87,14 +146,14 @@ static int cram_response(struct smtp_client *c, const char *challenge64)
     unsigned int maclen = 0;
     char resp[SETTINGS_USER_MAX + 2 + 2 * EVP_MAX_MD_SIZE + 1], enc[B64_MAX];
     size_t clen = strlen(challenge64), n;
-    int dlen, rc = -1;
+    int dlen, rc = ERROR_CRYPTO;
 
     /* EVP_DecodeBlock counts padding as data: take it off again. */
     if (clen == 0 || clen % 4 != 0 || clen / 4 * 3 > sizeof(challenge))
-        return -1;
+        return ERROR_DECODE;
     dlen = EVP_DecodeBlock(challenge, (const unsigned char *)challenge64, (int)clen);
     if (dlen < 0)
-        return -1;
+        return ERROR_DECODE;
     for (size_t i = clen; i > 0 && challenge64[i - 1] == '='; i--)
         dlen--;
     if (HMAC(EVP_md5(), s->password, (int)strlen(s->password), challenge, (size_t)dlen, mac,
@@ -104,7 +163,7 @@ static int cram_response(struct smtp_client *c, const char *challenge64)
     for (unsigned i = 0; i < maclen; i++)
         n += (size_t)snprintf(resp + n, sizeof(resp) - n, "%02x", mac[i]);
     b64(enc, resp, n);
-    rc = smtp_client__command(c, true, "%s", enc) < 0 ? 1 : 0;
+    rc = smtp_client__command(c, true, "%s", enc);
 wipe:
     OPENSSL_cleanse(mac, sizeof(mac));
     OPENSSL_cleanse(resp, sizeof(resp));
@@ -152,9 +211,11 @@ static void auth_continue(struct smtp_client *c)
         rc = smtp_client__command(c, true, "%s", enc);
     } else if (c->auth_mech == SMTP_CLIENT_AUTH_CRAM_MD5 && c->auth_stage == 1) {
         rc = cram_response(c, smtp_reply_line_text(&c->reply));
-        if (rc < 0) {
-            snprintf(reason, sizeof(reason), "AUTH CRAM-MD5: malformed challenge from %s", c->host);
-            auth_failed(c, SMTP_FAIL_PROTOCOL, reason);
+        if (rc == ERROR_DECODE || rc == ERROR_CRYPTO) {
+            snprintf(reason, sizeof(reason), "AUTH CRAM-MD5: %s from %s",
+                     rc == ERROR_DECODE ? "malformed challenge" : "cannot answer the challenge",
+                     c->host);
+            auth_failed(c, rc == ERROR_DECODE ? SMTP_FAIL_PROTOCOL : SMTP_FAIL_INTERNAL, reason);
             return;
         }
     } else {

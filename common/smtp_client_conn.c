@@ -2,9 +2,10 @@
  * smtp_client_conn: the connection of an SMTP client session: resolving,
  * connecting to each address in turn, reads and writes on libuv, TLS
  * through memory BIOs (tlsio.h) with the handshake's failures mapped to
- * what Test Connection diagnoses, and the session's one timer. Everything
- * that happens on the connection reaches the state machine
- * (smtp_client.c) as an event or as plaintext input. See smtp_client.h.
+ * what Test Connection diagnoses, and the session's one timer with the
+ * timeout of each phase. Everything that happens on the connection reaches
+ * the state machine (smtp_client.c) as an event or as plaintext input. See
+ * smtp_client.h.
  */
 #include "internal.h"
 
@@ -161,6 +162,23 @@ int smtp_client__send(struct smtp_client *c, const char *data, size_t len, bool 
     return tls_flush(c);
 }
 
+/* What the debug log says for a secret command: a fixed label, as nothing
+ * of the line (its length included) is anybody's business. */
+static const char *secret_label(const struct smtp_client *c)
+{
+    switch (c->auth_mech) {
+    case SMTP_CLIENT_AUTH_PLAIN:
+        return "AUTH PLAIN [credentials not logged]";
+    case SMTP_CLIENT_AUTH_LOGIN:
+        return c->auth_stage <= 1 ? "(AUTH LOGIN user, not logged)"
+                                  : "(AUTH LOGIN password, not logged)";
+    case SMTP_CLIENT_AUTH_CRAM_MD5:
+        return "(CRAM-MD5 response, not logged)";
+    default:
+        return "(secret, not logged)";
+    }
+}
+
 int smtp_client__command(struct smtp_client *c, bool secret, const char *fmt, ...)
 {
     char cmd[SMTP_CLIENT__COMMAND_MAX];
@@ -175,12 +193,10 @@ int smtp_client__command(struct smtp_client *c, bool secret, const char *fmt, ..
         smtp_client__finish(c, SMTP_FAIL_INTERNAL, "command too long");
         return ERROR_TOO_BIG;
     }
-    if (secret) {
-        log_debug("smtp %s >>> %.*s [credentials not logged]", c->peer,
-                  (int)strcspn(cmd, " ") + 1 + (int)strcspn(cmd + strcspn(cmd, " ") + 1, " "), cmd);
-    } else {
+    if (secret)
+        log_debug("smtp %s >>> %s", c->peer, secret_label(c));
+    else
         log_debug("smtp %s >>> %s", c->peer, cmd); /* the logger escapes */
-    }
     memcpy(cmd + n, "\r\n", 2);
     rc = smtp_client__send(c, cmd, (size_t)n + 2, secret);
     OPENSSL_cleanse(cmd, sizeof(cmd));
@@ -188,6 +204,51 @@ int smtp_client__command(struct smtp_client *c, bool secret, const char *fmt, ..
 }
 
 /* ---- the timer ---- */
+
+/* RFC 5321 §4.5.3.2, in seconds; connect is ours. */
+#define DEFAULT_CONNECT    30
+#define DEFAULT_GREETING   300
+#define DEFAULT_COMMAND    300
+#define DEFAULT_MAIL       300
+#define DEFAULT_RCPT       300
+#define DEFAULT_DATA_INIT  120
+#define DEFAULT_DATA_BLOCK 180
+#define DEFAULT_DATA_TERM  600
+
+uint64_t smtp_client__timeout(const struct smtp_client *c, enum settings_field f)
+{
+    uint32_t s = settings__timeout_value(&c->settings, f);
+
+    if (s == 0) {
+        switch (f) {
+        case SETTINGS_F_TIMEOUT_CONNECT:
+            s = DEFAULT_CONNECT;
+            break;
+        case SETTINGS_F_TIMEOUT_GREETING:
+            s = DEFAULT_GREETING;
+            break;
+        case SETTINGS_F_TIMEOUT_MAIL:
+            s = DEFAULT_MAIL;
+            break;
+        case SETTINGS_F_TIMEOUT_RCPT:
+            s = DEFAULT_RCPT;
+            break;
+        case SETTINGS_F_TIMEOUT_DATA_INIT:
+            s = DEFAULT_DATA_INIT;
+            break;
+        case SETTINGS_F_TIMEOUT_DATA_BLOCK:
+            s = DEFAULT_DATA_BLOCK;
+            break;
+        case SETTINGS_F_TIMEOUT_DATA_TERM:
+            s = DEFAULT_DATA_TERM;
+            break;
+        default:
+            s = DEFAULT_COMMAND;
+            break;
+        }
+    }
+    return (uint64_t)s * 1000;
+}
 
 static void on_timer(uv_timer_t *t)
 {

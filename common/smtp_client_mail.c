@@ -31,6 +31,10 @@ void smtp_client__mail_done(struct smtp_client *c)
     /* Only once a RCPT reply is matched to its recipient (rcpt_next counts
      * them): a session that failed at MAIL, pipelined or not, has none. */
     c->result.rcpts = c->rcpt_next > 0 ? c->rcpts : NULL;
+    /* The server's words go out: never with the password in them. */
+    smtp_client_redact(&c->settings, c->result.reason, sizeof(c->result.reason));
+    for (size_t i = 0; i < c->rcpt_next && c->rcpts != NULL; i++)
+        smtp_client_redact(&c->settings, c->rcpts[i].text, sizeof(c->rcpts[i].text));
     /* Cleared first: a cancel from on_done finds no message held. */
     c->msg = NULL;
     c->cb.on_done(c->ctx, msg, &c->result);

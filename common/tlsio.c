@@ -94,6 +94,9 @@ int tlsio_client_ctx(const char *pem, size_t len, SSL_CTX **out, char *why, size
         rc = ERROR_TLS;
         goto ctx_free;
     }
+    /* A renegotiation would run a handshake outside tlsio_handshake(), in
+     * the middle of the SMTP stream; no mail server needs one. */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     store = X509_STORE_new();
     if (store == NULL)

@@ -9,10 +9,14 @@
 
 #include <cmocka.h>
 
+#include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <lmdb.h>
 
@@ -1212,6 +1216,116 @@ static void test_outbox_open_refuses(void **state)
     free(dir);
 }
 
+/* A DEFER that keeps some recipients: the others (delivered meanwhile)
+ * are gone from the record, in the same transaction as the attempt. */
+static void test_outbox_apply_narrows_rcpts(void **state)
+{
+    static const char *const three[] = {"a@example.com", "b@example.com", "c@example.com"};
+    static const char *const keep_ca[] = {"c@example.com", "a@example.com", "z@example.com"};
+    static const char *const keep_none[] = {"z@example.com"};
+    struct fixture *f = *state;
+    struct outbox_new m = new_msg(OUTBOX_REPORT, "body");
+    struct outbox_result r = {.outcome = OUTBOX_DEFER, .next_try_ms = NOW + 1000, .error = "451"};
+    struct outbox_rcpts k = {.rcpts = keep_ca, .nrcpts = 3};
+    struct outbox_msg *out[4];
+    uint64_t id;
+    size_t n;
+
+    m.rcpts = three;
+    m.nrcpts = 3;
+    assert_int_equal(outbox_submit(f->ob, &m, 1, NOW, &id), 0);
+    assert_int_equal(take_ids(f->ob, NOW, 4, NULL), 1);
+    r.id = id;
+    assert_int_equal(outbox_apply_rcpts(f->ob, &r, &k, 1, NOW), 0);
+    assert_int_equal(outbox_take(f->ob, NOW + 1000, out, 4, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(out[0]->attempts, 1);
+    assert_string_equal(out[0]->last_error, "451");
+    assert_int_equal(out[0]->nrcpts, 2);
+    assert_string_equal(out[0]->rcpts[0], "a@example.com");
+    assert_string_equal(out[0]->rcpts[1], "c@example.com");
+    outbox_msg_free(out[0]);
+
+    /* A list naming none of them, or none given: unchanged. */
+    k = (struct outbox_rcpts){.rcpts = keep_none, .nrcpts = 1};
+    r.next_try_ms = NOW + 2000;
+    assert_int_equal(outbox_apply_rcpts(f->ob, &r, &k, 1, NOW), 0);
+    assert_int_equal(outbox_take(f->ob, NOW + 2000, out, 4, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(out[0]->attempts, 2);
+    assert_int_equal(out[0]->nrcpts, 2);
+    outbox_msg_free(out[0]);
+    r.next_try_ms = NOW + 3000;
+    assert_int_equal(outbox_apply(f->ob, &r, 1, NOW), 0);
+    assert_int_equal(outbox_take(f->ob, NOW + 3000, out, 4, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(out[0]->nrcpts, 2);
+    outbox_msg_free(out[0]);
+
+    /* A list with another outcome, or with a NULL: refused, lease kept. */
+    r.outcome = OUTBOX_DELIVERED;
+    k = (struct outbox_rcpts){.rcpts = keep_ca, .nrcpts = 1};
+    assert_int_equal(outbox_apply_rcpts(f->ob, &r, &k, 1, NOW), ERROR_INVALID);
+    r.outcome = OUTBOX_DEFER;
+    k.rcpts = NULL;
+    assert_int_equal(outbox_apply_rcpts(f->ob, &r, &k, 1, NOW), ERROR_INVALID);
+    assert_int_equal(take_ids(f->ob, NOW + 5000, 4, NULL), 0);
+    r.outcome = OUTBOX_DELIVERED;
+    assert_int_equal(outbox_apply_rcpts(f->ob, &r, NULL, 1, NOW), 0);
+    assert_depth(f->ob, 0, 0, 0);
+    assert_int_equal(outbox_verify(f->ob), 0);
+}
+
+/* The disk is full (RLIMIT_FSIZE at the file's size): an apply fails,
+ * nothing changes, and the lease stays, so the message is not handed out
+ * (and sent) again while its outcome waits; giving it back still works. */
+static void test_outbox_apply_failure_keeps_lease(void **state)
+{
+    struct fixture *f = *state;
+    static char body[200000];
+    struct outbox_new m = new_msg(OUTBOX_REPORT, "");
+    struct outbox_result r = {.outcome = OUTBOX_DELIVERED};
+    struct rlimit saved, full;
+    void (*old)(int);
+    struct stat st;
+    char path[4200];
+    uint64_t id;
+    int rc;
+
+    memset(body, 'x', sizeof(body) - 3);
+    memcpy(body + sizeof(body) - 3, "\r\n", 3);
+    m.message = body;
+    m.message_len = sizeof(body) - 1;
+    assert_int_equal(outbox_submit(f->ob, &m, 1, NOW, &id), 0);
+    snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(take_ids(f->ob, NOW, 4, NULL), 1);
+
+    old = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved), 0);
+    full = saved;
+    full.rlim_cur = (rlim_t)st.st_size;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &full), 0);
+    r.id = id;
+    rc = outbox_apply(f->ob, &r, 1, NOW);
+    /* Still leased: neither handed out nor due. */
+    assert_int_equal(take_ids(f->ob, NOW + MINUTE, 4, NULL), 0);
+    assert_int_equal(outbox_next_due(f->ob), INT64_MAX);
+    /* Released: no write needed, so it works on the full disk. */
+    r.outcome = OUTBOX_RELEASE;
+    assert_int_equal(outbox_apply(f->ob, &r, 1, NOW), 0);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    signal(SIGXFSZ, old);
+    assert_int_equal(rc, -EFBIG);
+
+    assert_depth(f->ob, 0, 1, 0);
+    assert_int_equal(outbox_next_due(f->ob), NOW);
+    assert_int_equal(take_ids(f->ob, NOW, 4, NULL), 1);
+    r.outcome = OUTBOX_DELIVERED;
+    assert_int_equal(outbox_apply(f->ob, &r, 1, NOW), 0);
+    assert_depth(f->ob, 0, 0, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1238,6 +1352,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbox_corrupt_pending_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_corrupt_records_in_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_apply_to_corrupt_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_apply_narrows_rcpts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_apply_failure_keeps_lease, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_index_repair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_corrupt_meta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_reopen_keeps_everything, setup, teardown),

@@ -17,8 +17,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -735,62 +738,290 @@ static void test_sender_defers_when_server_drops(void **state)
     assert_int_equal(fake_smtp_nmessages(e->fake[0]), 1);
 }
 
-static void test_sender_dead_without_settings(void **state)
+static bool session_up(struct env *e)
 {
-    struct env *e = *state;
-    struct sender_params p = params(e, false);
-    struct seen s;
-
-    submit(e, OUTBOX_REPORT, "no settings");
-    start_sender(e, &p);
-    run_until(e, one_dead);
-    s = first(e, true);
-    assert_true(strncmp(s.dead_reason, "invalid settings: ", 18) == 0);
-    assert_true(has(s.dead_reason, INSTANCE));
-    assert_int_equal(stats(e).sessions_opened, 0);
-    assert_int_equal(stats(e).dead, 1);
-    assert_int_equal(stats(e).settings_revision, 0);
+    return fake_smtp_nconnections(e->fake[0]) >= 1;
 }
 
-static void test_sender_dead_when_settings_fail_validation(void **state)
+/* stderr into a file at `level`, for tests that read the log. */
+struct capture {
+    char path[4200];
+    int saved;
+};
+
+static void capture_start(struct env *e, struct capture *cap, enum log_level level)
+{
+    int fd;
+
+    snprintf(cap->path, sizeof(cap->path), "%s/stderr.log", e->dir);
+    fflush(stderr);
+    cap->saved = dup(STDERR_FILENO);
+    fd = open(cap->path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(cap->saved >= 0 && fd >= 0);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+    log_init("test_sender", level, LOG_FORMAT_TEXT);
+}
+
+static char *capture_end(struct capture *cap)
+{
+    fflush(stderr);
+    dup2(cap->saved, STDERR_FILENO);
+    close(cap->saved);
+    log_init("test_sender", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+    return testutil_read_file(cap->path, NULL);
+}
+
+static size_t count_of(const char *hay, const char *needle)
+{
+    size_t n = 0;
+
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+static bool one_deferred(struct env *e)
+{
+    return ntried(e) == 1;
+}
+
+/* A new node has no settings yet (a replica before its first revision):
+ * mail waits, deferred, never dead; the warning is logged once; and it is
+ * sent as soon as settings are saved, not at the end of its backoff. */
+static void test_sender_defers_without_settings(void **state)
 {
     struct env *e = *state;
-    struct sender_params p = params(e, false);
-    size_t len = 0;
+    struct sender_params p = params(e, true);
+    struct capture cap;
     struct seen s;
-    struct settings_problems problems = {0};
-    struct settings st;
-    struct store_commit c = {.actor = "local:test"};
-    uint64_t rev;
-    char *cert;
+    char *log;
 
-    /* Saved while its certificate is valid, then looked at from a "now"
-     * after the certificate has expired. */
-    cert = testutil_read_file(testutil_cert_path("ca.pem"), &len);
+    start_fake(e, 0, NULL);
+    submit(e, OUTBOX_TOKENCODE, "no settings yet");
+    capture_start(e, &cap, LOG_LEVEL_INFO);
+    start_sender(e, &p);
+    run_until(e, one_deferred);
+    s = first(e, false);
+    assert_int_equal(s.attempts, 1);
+    assert_true(has(s.last_error, "no settings for instance " INSTANCE));
+    assert_true(s.next_try_ms > e->clock);
+    assert_int_equal(ndead(e), 0);
+    /* More mail, deferred the same way: still one warning. */
+    submit(e, OUTBOX_REPORT, "no settings either");
+    sender_wake(e->sender);
+    run_until(e, two_deferred);
+    assert_int_equal(ndead(e), 0);
+    assert_int_equal(stats(e).sessions_opened, 0);
+    assert_int_equal(stats(e).dead, 0);
+    assert_int_equal(stats(e).deferred, 2);
+    log = capture_end(&cap);
+    assert_int_equal(count_of(log, "unusable reason="), 1);
+    assert_true(has(log, "no settings for instance " INSTANCE));
+    free(log);
+
+    /* Settings arrive; the clock has not moved: both go out at once. */
+    save_settings(e, e->port[0], NULL, NULL);
+    sender_settings_changed(e->sender);
+    run_until(e, all_sent);
+    assert_int_equal(fake_smtp_nmessages(e->fake[0]), 2);
+    assert_true(has(fake_smtp_message(e->fake[0], 0, NULL), "no settings yet"));
+    assert_int_equal(ndead(e), 0);
+}
+
+/* Saved while the trust certificate is valid, then used from a "now" after
+ * it has expired: the sender does not judge the certificate by the clock
+ * of its last reading; the TLS handshake does, and here it succeeds. */
+static void test_sender_expired_trust_cert_left_to_handshake(void **state)
+{
+    struct env *e = *state;
+    struct sender_params p;
+    struct fake_smtp_params fp = {.pipelining = true, .implicit_tls = true};
+    struct settings_problems problems = {0};
+    struct store_commit c = {.actor = "local:test"};
+    char cert_file[4096], key_file[4096];
+    struct capture cap;
+    struct settings st;
+    size_t len = 0;
+    uint64_t rev = 0;
+    char *ca, *log;
+
+    snprintf(cert_file, sizeof(cert_file), "%s", testutil_cert_path("leaf.pem"));
+    snprintf(key_file, sizeof(key_file), "%s", testutil_cert_path("leaf.key"));
+    fp.cert_file = cert_file;
+    fp.key_file = key_file;
+    start_fake(e, 0, &fp);
+    ca = testutil_read_file(testutil_cert_path("ca.pem"), &len);
     settings_init(&st);
     snprintf(st.instance, sizeof(st.instance), INSTANCE);
-    snprintf(st.hostname, sizeof(st.hostname), "mail.test");
+    snprintf(st.hostname, sizeof(st.hostname), "127.0.0.1");
+    st.port = e->port[0];
     snprintf(st.from_address, sizeof(st.from_address), FROM);
     snprintf(st.test_address, sizeof(st.test_address), "ops@example.com");
     st.smtps_enabled = true;
     st.tls_mode = SETTINGS_TLS_STRICT;
-    assert_int_equal(settings_set_certificate(&st, cert, len, &problems), 0);
-    free(cert);
+    assert_int_equal(settings_set_certificate(&st, ca, len, &problems), 0);
+    free(ca);
     assert_int_equal(store_draft_put(e->st, &st), 0);
     settings_clear(&st);
-    rev = 0;
     assert_int_equal(store_save(e->st, NULL, 0, &c, &problems, &rev), 0);
 
     e->clock = (int64_t)4102444800000; /* 2100-01-01: the certificate has expired */
     p = params(e, true);
-    submit(e, OUTBOX_REPORT, "never sent");
+    submit(e, OUTBOX_REPORT, "sent all the same");
+    capture_start(e, &cap, LOG_LEVEL_INFO);
     start_sender(e, &p);
+    run_until(e, all_sent);
+    log = capture_end(&cap);
+    assert_int_equal(ndead(e), 0);
+    assert_int_equal(fake_smtp_nmessages(e->fake[0]), 1);
+    assert_int_equal(stats(e).settings_revision, rev);
+    /* The operator is told, once. */
+    assert_int_equal(count_of(log, "warning=\"settings: trust_certificate:"), 1);
+    free(log);
+}
+
+/* Some recipients accepted, one refused for now (4xx), one for good (5xx):
+ * delivered to the first, the second kept (and retried alone), the third
+ * dropped. */
+static void test_sender_partial_4xx_keeps_the_rest(void **state)
+{
+    static const char *const rcpts[] = {"ok@example.net", "later@example.net", "gone@example.net"};
+    struct env *e = *state;
+    struct sender_params p = params(e, true);
+    uint64_t delay = backoff_delay(1000, 60000, 1, &test_rng);
+    struct outbox_msg *left = NULL;
+    struct seen s;
+
+    start_fake(e, 0, NULL);
+    save_settings(e, e->port[0], NULL, NULL);
+    fake_smtp_script(e->fake[0], "RCPT", "250 2.1.5 ok", 1);
+    fake_smtp_script(e->fake[0], "RCPT", "451 4.2.0 greylisted, try later", 1);
+    fake_smtp_script(e->fake[0], "RCPT", "550 5.1.1 no such user", 1);
+    submit_full(e, OUTBOX_REPORT, NULL, rcpts, 3, "partly");
+    start_sender(e, &p);
+    run_until(e, one_attempt);
+    assert_int_equal(fake_smtp_nmessages(e->fake[0]), 1);
+    assert_string_equal(fake_smtp_envelope(e->fake[0], 0), FROM " ok@example.net");
+    s = first(e, false);
+    assert_int_equal(s.attempts, 1);
+    assert_int_equal(s.next_try_ms, e->clock0 + (int64_t)delay);
+    assert_true(has(s.last_error, "delivered to 1 of 3 recipients, 1 refused for good"));
+    assert_true(has(s.last_error, "451 4.2.0 greylisted"));
+    assert_int_equal(ndead(e), 0);
+    assert_int_equal(stats(e).delivered, 1);
+    assert_int_equal(stats(e).deferred, 1);
+    {
+        struct outbox_params op = {.dir = e->outbox_dir};
+        struct outbox *ob2;
+        size_t n = 0;
+
+        /* What is stored: the one recipient left. */
+        assert_int_equal(outbox_open(&op, &ob2), 0);
+        assert_int_equal(outbox_take(ob2, e->clock + delay, &left, 1, &n), 0);
+        assert_int_equal(n, 1);
+        assert_int_equal(left->nrcpts, 1);
+        assert_string_equal(left->rcpts[0], "later@example.net");
+        outbox_msg_free(left);
+        outbox_close(ob2);
+    }
+
+    e->clock += (int64_t)delay;
+    sender_wake(e->sender);
+    run_until(e, all_sent);
+    assert_int_equal(fake_smtp_nmessages(e->fake[0]), 2);
+    assert_string_equal(fake_smtp_envelope(e->fake[0], 1), FROM " later@example.net");
+    assert_int_equal(ndead(e), 0);
+}
+
+/* A refusal of the session before the first message (554 greeting, 550 to
+ * both EHLO and HELO) is the relay's, not the mail's: deferred, never dead. */
+static void test_sender_session_refused_defers(void **state)
+{
+    struct env *e = *state;
+    struct sender_params p = params(e, false);
+
+    start_fake(e, 0, NULL);
+    save_settings(e, e->port[0], NULL, NULL);
+    fake_smtp_script(e->fake[0], "GREETING", "554 5.7.1 no service for you", 1);
+    fake_smtp_script(e->fake[0], "EHLO", "550 5.7.1 go away", 0);
+    fake_smtp_script(e->fake[0], "HELO", "550 5.7.1 go away", 0);
+    submit(e, OUTBOX_REPORT, "one");
+    submit(e, OUTBOX_TOKENCODE, "two");
+    p.max_sessions = 1;
+    start_sender(e, &p);
+    run_until(e, two_deferred);
+    assert_int_equal(ndead(e), 0);
+    assert_true(has(first(e, false).last_error, "554 5.7.1 no service"));
+    /* Tried again: now EHLO and HELO are refused; deferred again. */
+    for (;;) {
+        struct seen s = first(e, false);
+
+        if (s.attempts >= 2 && has(s.last_error, "550 5.7.1 go away"))
+            break;
+        uv_run(&e->loop, UV_RUN_ONCE);
+    }
+    assert_int_equal(ndead(e), 0);
+    assert_int_equal(fake_smtp_nmessages(e->fake[0]), 0);
+    assert_int_equal(stats(e).dead, 0);
+}
+
+/* A session past idle_ms QUITs; a server that never answers QUIT must not
+ * keep new mail waiting: the kick is refused, another session takes it. */
+static bool two_messages(struct env *e)
+{
+    return fake_smtp_nmessages(e->fake[0]) == 2;
+}
+
+static void test_sender_new_mail_while_session_quits(void **state)
+{
+    struct env *e = *state;
+    struct sender_params p = params(e, false);
+    uint64_t t0;
+
+    start_fake(e, 0, NULL);
+    save_settings(e, e->port[0], NULL, NULL);
+    fake_smtp_script(e->fake[0], "QUIT", NULL, 0); /* never answered */
+    submit(e, OUTBOX_REPORT, "first");
+    p.idle_ms = 50;
+    p.max_sessions = 1;
+    start_sender(e, &p);
+    run_until(e, all_sent);
+    /* Past idle_ms: QUIT is on its way, unanswered. */
+    t0 = uv_hrtime();
+    while (uv_hrtime() - t0 < 300ull * 1000000)
+        uv_run(&e->loop, UV_RUN_ONCE);
+    assert_true(has(fake_smtp_transcript(e->fake[0]), "QUIT"));
+    submit(e, OUTBOX_REPORT, "second");
+    t0 = uv_hrtime();
+    sender_wake(e->sender);
+    run_until(e, two_messages);
+    /* Not after the QUIT wait (10 s): the ending session was not counted
+     * on, its slot was given to a new one. */
+    assert_true(uv_hrtime() - t0 < 3000ull * 1000000);
+    assert_int_equal(fake_smtp_nconnections(e->fake[0]), 2);
+    run_until(e, all_sent);
+}
+
+/* Expired while waiting for a session: dead, never sent. */
+static void test_sender_expired_before_session(void **state)
+{
+    struct env *e = *state;
+    struct fake_smtp_params fp = {.pipelining = true, .greeting_delay_ms = 300};
+    struct sender_params p = params(e, true);
+    struct seen s;
+
+    start_fake(e, 0, &fp);
+    save_settings(e, e->port[0], NULL, NULL);
+    submit(e, OUTBOX_TOKENCODE, "too late");
+    start_sender(e, &p);
+    run_until(e, session_up);
+    e->clock += 11 * 60 * 1000; /* past the tokencode's 10 minutes */
     run_until(e, one_dead);
     s = first(e, true);
-    assert_true(strncmp(s.dead_reason, "invalid settings: ", 18) == 0);
-    assert_true(has(s.dead_reason, "trust_certificate"));
-    assert_int_equal(stats(e).sessions_opened, 0);
-    assert_int_equal(stats(e).settings_revision, rev);
+    assert_string_equal(s.dead_reason, "expired before any attempt");
+    assert_int_equal(fake_smtp_nmessages(e->fake[0]), 0);
+    assert_true(!has(fake_smtp_transcript(e->fake[0]), "MAIL"));
 }
 
 static void test_sender_reuses_one_connection(void **state)
@@ -954,11 +1185,6 @@ static void test_sender_marks_8bit(void **state)
     assert_true(has(fake_smtp_transcript(e->fake[0]), "BODY=8BITMIME"));
 }
 
-static bool session_up(struct env *e)
-{
-    return fake_smtp_nconnections(e->fake[0]) >= 1;
-}
-
 static void test_sender_stop_releases_leases(void **state)
 {
     struct env *e = *state;
@@ -1116,6 +1342,121 @@ static void test_sender_logs_outcomes_without_password(void **state)
     free(log);
 }
 
+/* The outbox cannot record outcomes (the disk is full: RLIMIT_FSIZE at
+ * the file's size, and a 200 kB message whose removal needs new pages). */
+struct disk_full {
+    struct rlimit saved;
+    void (*old)(int);
+};
+
+static uint64_t submit_big(struct env *e)
+{
+    static const char *const rcpt[] = {"big@example.net"};
+    static char msg[200000];
+    struct outbox_new m = {0};
+    uint64_t id = 0;
+
+    memset(msg, 'x', sizeof(msg) - 3);
+    memcpy(msg, "Subject: big\r\n\r\n", 16);
+    memcpy(msg + sizeof(msg) - 3, "\r\n", 3);
+    m.priority = OUTBOX_REPORT;
+    m.rcpts = rcpt;
+    m.nrcpts = 1;
+    m.message = msg;
+    m.message_len = sizeof(msg) - 1;
+    assert_int_equal(outbox_submit(e->ob, &m, 1, e->clock, &id), 0);
+    return id;
+}
+
+static void disk_full_start(struct env *e, struct disk_full *d)
+{
+    char path[4200];
+    struct rlimit full;
+    struct stat st;
+
+    snprintf(path, sizeof(path), "%s/data.mdb", e->outbox_dir);
+    assert_int_equal(stat(path, &st), 0);
+    d->old = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &d->saved), 0);
+    full = d->saved;
+    full.rlim_cur = (rlim_t)st.st_size;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &full), 0);
+}
+
+static void disk_full_end(struct disk_full *d)
+{
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &d->saved), 0);
+    signal(SIGXFSZ, d->old);
+}
+
+static bool one_message(struct env *e)
+{
+    return fake_smtp_nmessages(e->fake[0]) >= 1;
+}
+
+static void run_for(struct env *e, uint64_t ms)
+{
+    uint64_t t0 = uv_hrtime();
+
+    while (uv_hrtime() - t0 < ms * 1000000)
+        uv_run(&e->loop, UV_RUN_ONCE);
+}
+
+/* Delivered, but the outcome cannot be committed: the message is not
+ * taken and sent again meanwhile (it stays leased), and the outcome is
+ * committed once the disk has room. */
+static void test_sender_unrecorded_outcome_not_resent(void **state)
+{
+    struct env *e = *state;
+    struct sender_params p = params(e, false);
+    struct outbox_msg *taken[2];
+    struct disk_full d;
+    size_t n = 9;
+
+    start_fake(e, 0, NULL);
+    save_settings(e, e->port[0], NULL, NULL);
+    submit_big(e);
+    disk_full_start(e, &d);
+    start_sender(e, &p);
+    run_until(e, one_message);
+    run_for(e, 2500);
+    assert_int_equal(fake_smtp_nmessages(e->fake[0]), 1);
+    assert_int_equal(npending(e), 1);
+    assert_true(has(stats(e).last_error, "cannot record delivery outcomes"));
+    assert_int_equal(outbox_take(e->ob, e->clock + 60000, taken, 2, &n), 0);
+    assert_int_equal(n, 0);
+    disk_full_end(&d);
+    run_until(e, all_sent);
+    assert_int_equal(fake_smtp_nmessages(e->fake[0]), 1);
+    assert_int_equal(ndead(e), 0);
+}
+
+/* Stopped while the outcome still cannot be committed: the lease is given
+ * back, so the message is tried again (as after a crash). */
+static void test_sender_stop_gives_back_unrecorded(void **state)
+{
+    struct env *e = *state;
+    struct sender_params p = params(e, false);
+    struct outbox_msg *taken[2];
+    struct disk_full d;
+    size_t n = 0;
+
+    start_fake(e, 0, NULL);
+    save_settings(e, e->port[0], NULL, NULL);
+    submit_big(e);
+    disk_full_start(e, &d);
+    start_sender(e, &p);
+    run_until(e, one_message);
+    run_for(e, 200);
+    stop_sender(e);
+    disk_full_end(&d);
+    assert_int_equal(npending(e), 1);
+    assert_int_equal(outbox_take(e->ob, e->clock + 60000, taken, 2, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(taken[0]->attempts, 0);
+    outbox_msg_free(taken[0]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1131,9 +1472,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sender_defers_when_connection_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_sender_defers_when_server_drops, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sender_dead_without_settings, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sender_dead_when_settings_fail_validation, setup,
+        cmocka_unit_test_setup_teardown(test_sender_defers_without_settings, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sender_expired_trust_cert_left_to_handshake, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_sender_partial_4xx_keeps_the_rest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sender_session_refused_defers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sender_new_mail_while_session_quits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sender_expired_before_session, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sender_unrecorded_outcome_not_resent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sender_stop_gives_back_unrecorded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sender_reuses_one_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sender_kicks_idle_session, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sender_bounds_sessions, setup, teardown),

@@ -6,11 +6,14 @@
 #include <cmocka.h>
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <uv.h>
 
@@ -20,12 +23,14 @@
 #include "settings.h"
 #include "smtp_client.h"
 #include "testutil.h"
+#include "tlsio.h"
 
 /*
  * Name resolution for the tests: "dual.test" is ::1 then 127.0.0.1 (the
  * fake listens on IPv4 only, so the first address is refused and the
  * client must go on to the second), "mail.test" is 127.0.0.1 (the name in
- * the test certificates). Everything else goes to the C library. This
+ * the test certificates), "slow.test" is 127.0.0.1 after two seconds (a
+ * resolver that hangs). Everything else goes to the C library. This
  * definition takes the place of the C library's for libuv's threadpool.
  */
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
@@ -36,10 +41,13 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     struct addrinfo *v6 = NULL, *v4 = NULL;
     int rc;
 
-    if (node == NULL || (strcmp(node, "dual.test") != 0 && strcmp(node, "mail.test") != 0))
+    if (node == NULL || (strcmp(node, "dual.test") != 0 && strcmp(node, "mail.test") != 0 &&
+                         strcmp(node, "slow.test") != 0))
         return real(node, service, hints, res);
+    if (strcmp(node, "slow.test") == 0)
+        sleep(2);
     rc = real("127.0.0.1", service, hints, &v4);
-    if (rc != 0 || strcmp(node, "mail.test") == 0) {
+    if (rc != 0 || strcmp(node, "mail.test") == 0 || strcmp(node, "slow.test") == 0) {
         *res = v4;
         return rc;
     }
@@ -1532,7 +1540,7 @@ static void kick_now(uv_timer_t *t)
     struct kick *k = (struct kick *)(void *)t;
 
     run_add(k->r, &plain_msg);
-    smtp_client_kick(k->r->client);
+    assert_true(smtp_client_kick(k->r->client));
     uv_close((uv_handle_t *)t, NULL);
 }
 
@@ -1671,6 +1679,266 @@ static void test_smtp_client_fail_table(void **state)
     assert_string_equal(smtp_fail_str(SMTP_FAIL_COUNT), "unknown failure");
 }
 
+/* Past idle_ms the session QUITs: a kick then is refused (false), on_next
+ * is not called again, and a server that never answers QUIT does not hold
+ * the session beyond the (short) QUIT wait. */
+struct late_kick {
+    uv_timer_t timer;
+    struct run *r;
+    unsigned nexts_before;
+    int kicked; /* 1: true, 0: false, -1: not yet */
+};
+
+static void kick_late(uv_timer_t *t)
+{
+    struct late_kick *k = (struct late_kick *)(void *)t;
+
+    k->nexts_before = k->r->nexts;
+    run_add(k->r, &plain_msg);
+    k->kicked = smtp_client_kick(k->r->client);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void test_smtp_client_kick_refused_after_idle(void **state)
+{
+    struct run *r = run_new(NULL);
+    struct late_kick k = {.r = r, .kicked = -1};
+    uint64_t t0;
+
+    (void)state;
+    fake_smtp_script(r->fake, "QUIT", NULL, 1);
+    r->set.timeouts.command = 1;
+    r->params.idle_ms = 50;
+    uv_timer_init(&r->loop, &k.timer);
+    uv_timer_start(&k.timer, kick_late, 300, 0);
+    t0 = uv_hrtime();
+    run_go(r);
+    assert_int_equal(k.kicked, 0);
+    assert_int_equal(r->nexts, k.nexts_before);
+    assert_int_equal(r->nexts, 1);
+    assert_int_equal(r->ndone, 0);
+    assert_contains(r->transcript, "QUIT");
+    assert_int_equal(r->closed_fail, SMTP_FAIL_NONE);
+    assert_true(uv_hrtime() - t0 < 3000ull * 1000000);
+    run_free(r);
+}
+
+/* A resolver that hangs is bounded by the connect timeout. */
+static void test_smtp_client_resolve_timeout(void **state)
+{
+    struct run *r = run_new(NULL);
+    const struct step_copy *st;
+
+    (void)state;
+    r->params.host = "slow.test";
+    r->set.timeouts.connect = 1;
+    run_add(r, &plain_msg);
+    run_go(r);
+    assert_int_equal(r->closed_fail, SMTP_FAIL_TIMEOUT);
+    assert_contains(r->closed_reason, "cannot resolve slow.test");
+    st = find_step(r, SMTP_STEP_RESOLVE);
+    assert_non_null(st);
+    assert_false(st->ok);
+    assert_int_equal(st->fail, SMTP_FAIL_TIMEOUT);
+    assert_null(find_step(r, SMTP_STEP_CONNECT));
+    assert_int_equal(r->nexts, 0);
+    run_free(r);
+}
+
+static void test_smtp_client_no_renegotiation(void **state)
+{
+    size_t len = 0;
+    char *pem = testutil_read_file(testutil_cert_path("ca.pem"), &len);
+    SSL_CTX *ctx = NULL;
+    char why[256];
+
+    (void)state;
+    assert_int_equal(tlsio_client_ctx(pem, len, &ctx, why, sizeof(why)), 0);
+    assert_true((SSL_CTX_get_options(ctx) & SSL_OP_NO_RENEGOTIATION) != 0);
+    SSL_CTX_free(ctx);
+    free(pem);
+}
+
+/* stderr into a file, at debug level, for the secrets tests. */
+struct capture {
+    char path[64];
+    int saved;
+};
+
+static void capture_start(struct capture *cap)
+{
+    int fd;
+
+    snprintf(cap->path, sizeof(cap->path), "/tmp/test_smtp_client.%d.log", (int)getpid());
+    fflush(stderr);
+    cap->saved = dup(STDERR_FILENO);
+    fd = open(cap->path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(cap->saved >= 0 && fd >= 0);
+    assert_true(dup2(fd, STDERR_FILENO) >= 0);
+    close(fd);
+    log_init("test_smtp_client", LOG_LEVEL_DEBUG, LOG_FORMAT_TEXT);
+}
+
+/* Returns what was logged (free it). */
+static char *capture_end(struct capture *cap)
+{
+    char *text;
+
+    fflush(stderr);
+    dup2(cap->saved, STDERR_FILENO);
+    close(cap->saved);
+    log_init("test_smtp_client",
+             getenv("SMTPSYNC_TEST_DEBUG") != NULL ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO,
+             LOG_FORMAT_TEXT);
+    text = testutil_read_file(cap->path, NULL);
+    assert_non_null(text);
+    unlink(cap->path);
+    return text;
+}
+
+static void b64_of(char *out, const char *in, size_t len)
+{
+    EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)in, (int)len);
+}
+
+/* Neither the password, its base64 nor the AUTH PLAIN blob, in any form. */
+static void assert_no_secret(const char *text, const char *user, const char *password)
+{
+    char blob[256], b64[512];
+    size_t ulen = strlen(user), plen = strlen(password);
+
+    assert_lacks(text, password);
+    b64_of(b64, password, plen);
+    assert_lacks(text, b64);
+    blob[0] = '\0';
+    memcpy(blob + 1, user, ulen);
+    blob[1 + ulen] = '\0';
+    memcpy(blob + 2 + ulen, password, plen);
+    b64_of(b64, blob, 2 + ulen + plen);
+    assert_lacks(text, b64);
+}
+
+/* The debug log names AUTH lines by a label and quotes no reply of the
+ * exchange, whatever the mechanism. */
+static void test_smtp_client_debug_log_hides_credentials(void **state)
+{
+    static const char *const mechs[] = {"PLAIN", "LOGIN", "CRAM-MD5"};
+    static const char *const labels[] = {"AUTH PLAIN [credentials not logged]",
+                                         "(AUTH LOGIN password, not logged)",
+                                         "(CRAM-MD5 response, not logged)"};
+    const char *password = "Very-Secret-pw 42";
+
+    (void)state;
+    for (size_t i = 0; i < 3; i++) {
+        struct fake_smtp_params fp = {.auth = mechs[i], .user = "alice", .password = password};
+        struct run *r = run_new(&fp);
+        struct capture cap;
+        const char *resp;
+        char line[256];
+        char *log;
+
+        run_logon(r, "alice", password);
+        r->set.allow_plaintext_auth = true;
+        run_add(r, &plain_msg);
+        capture_start(&cap);
+        run_go(r);
+        log = capture_end(&cap);
+        assert_int_equal(r->done[0].fail, SMTP_FAIL_NONE);
+        assert_contains(log, labels[i]);
+        assert_contains(log, "[AUTH exchange not logged]");
+        assert_no_secret(log, "alice", password);
+        /* The line sent after the challenge (the CRAM-MD5 response, the
+         * LOGIN user) is not in the log either. */
+        resp = strstr(r->transcript, "\n");
+        resp = resp != NULL ? strstr(resp + 1, "\n") : NULL;
+        if (resp != NULL && i > 0) {
+            size_t n = strcspn(resp + 1, "\n");
+
+            snprintf(line, sizeof(line), ">>> %.*s", (int)n, resp + 1);
+            assert_lacks(log, line);
+        }
+        free(log);
+        run_free(r);
+    }
+}
+
+/* A server echoing the credentials: masked in every reason, reply and
+ * recipient text the client hands out, and in the log. */
+static void test_smtp_client_echoed_password_masked(void **state)
+{
+    const char *password = "Echo-Me-Not 7";
+    struct fake_smtp_params fp = {.auth = "LOGIN", .user = "alice", .password = "other"};
+    char reply[512], b64[128];
+    struct capture cap;
+    struct run *r;
+    char *log;
+
+    (void)state;
+    b64_of(b64, password, strlen(password));
+    snprintf(reply, sizeof(reply), "535-5.7.8 you sent %s\r\n535 5.7.8 that is %s in base64\r\n",
+             password, b64);
+    r = run_new(&fp);
+    fake_smtp_script(r->fake, "AUTH-RESULT", reply, 1);
+    run_logon(r, "alice", password);
+    r->set.allow_plaintext_auth = true;
+    capture_start(&cap);
+    run_go(r);
+    log = capture_end(&cap);
+    assert_int_equal(r->closed_fail, SMTP_FAIL_AUTH_REFUSED);
+    assert_contains(r->closed_reason, "you sent " SETTINGS_PASSWORD_MASK);
+    assert_contains(r->closed_reason, "that is " SETTINGS_PASSWORD_MASK " in base64");
+    assert_no_secret(r->closed_reason, "alice", password);
+    for (size_t i = 0; i < r->nsteps; i++) {
+        assert_no_secret(r->steps[i].detail, "alice", password);
+        assert_no_secret(r->steps[i].reply, "alice", password);
+    }
+    assert_no_secret(log, "alice", password);
+    free(log);
+    run_free(r);
+
+    /* After AUTH: a RCPT refusal that quotes the password. */
+    fp = (struct fake_smtp_params){.auth = "PLAIN", .user = "alice", .password = password};
+    r = run_new(&fp);
+    snprintf(reply, sizeof(reply), "550 5.1.1 no user, but thanks for %s", password);
+    fake_smtp_script(r->fake, "RCPT", reply, 1);
+    run_logon(r, "alice", password);
+    r->set.allow_plaintext_auth = true;
+    run_add(r, &plain_msg);
+    capture_start(&cap);
+    run_go(r);
+    log = capture_end(&cap);
+    assert_int_equal(r->done[0].fail, SMTP_FAIL_REPLY_5XX);
+    assert_contains(r->done[0].reason, "thanks for " SETTINGS_PASSWORD_MASK);
+    assert_no_secret(r->done[0].reason, "alice", password);
+    assert_no_secret(log, "alice", password);
+    free(log);
+    run_free(r);
+}
+
+static void test_smtp_client_redact_forms(void **state)
+{
+    struct settings s;
+    char text[64], small[12];
+
+    (void)state;
+    settings_init(&s);
+    snprintf(s.user_id, sizeof(s.user_id), "u");
+    assert_int_equal(settings_set_password(&s, "p\\w"), 0);
+    /* Plain, escaped as a reply shows it, several times, and cut to fit. */
+    snprintf(text, sizeof(text), "a p\\w b p\\\\w c");
+    smtp_client_redact(&s, text, sizeof(text));
+    assert_string_equal(text, "a " SETTINGS_PASSWORD_MASK " b " SETTINGS_PASSWORD_MASK " c");
+    snprintf(small, sizeof(small), "xx p\\w yy");
+    smtp_client_redact(&s, small, sizeof(small));
+    assert_string_equal(small, "xx ********");
+    /* No password: nothing changes. */
+    assert_int_equal(settings_set_password(&s, NULL), 0);
+    snprintf(text, sizeof(text), "a p\\w b");
+    smtp_client_redact(&s, text, sizeof(text));
+    assert_string_equal(text, "a p\\w b");
+    settings_clear(&s);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1740,6 +2008,12 @@ int main(void)
         cmocka_unit_test(test_smtp_client_cancel_early),
         cmocka_unit_test(test_smtp_client_start_invalid),
         cmocka_unit_test(test_smtp_client_fail_table),
+        cmocka_unit_test(test_smtp_client_kick_refused_after_idle),
+        cmocka_unit_test(test_smtp_client_resolve_timeout),
+        cmocka_unit_test(test_smtp_client_no_renegotiation),
+        cmocka_unit_test(test_smtp_client_debug_log_hides_credentials),
+        cmocka_unit_test(test_smtp_client_echoed_password_masked),
+        cmocka_unit_test(test_smtp_client_redact_forms),
     };
 
     return cmocka_run_group_tests(tests, group_setup, NULL);
