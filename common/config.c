@@ -38,12 +38,14 @@ enum config_kind {
     KIND_HOSTNAME, /* a DNS name (EHLO) */
     KIND_LEVEL,    /* log level */
     KIND_FORMAT,   /* log format */
+    KIND_BOOL,     /* yes/no, on/off, true/false, 1/0 */
+    KIND_IDS,      /* comma-separated certificate ids (struct config_ids) */
 };
 
 struct config_key {
     const char *name;
     enum config_kind kind;
-    size_t offset; /* of the value within the section's base (struct config for now) */
+    size_t offset; /* of the value within the section's base */
     size_t size;   /* strings: the array's size */
     uint64_t min, max;
     const char *def; /* default, in the file's syntax; NULL: required */
@@ -71,13 +73,34 @@ static const struct config_key node_keys[] = {
     {"submit_socket", KIND_SOCKET, STR(node, submit_socket), ANY, CONFIG_SUBMIT_SOCKET_DEFAULT,
      false},
     {"listen", KIND_ADDR, NUM(node, listen), ANY, "", false},
+    {"address", KIND_ADDR, NUM(node, address), ANY, "", false},
     {"metrics_listen", KIND_ADDR, NUM(node, metrics_listen), ANY, "", false},
 };
 
 static const struct config_key tls_keys[] = {
-    {"ca", KIND_PATH, STR(tls, ca), ANY, "", false},
-    {"cert", KIND_PATH, STR(tls, cert), ANY, "", false},
-    {"key", KIND_PATH, STR(tls, key), ANY, "", false},
+    {"ca", KIND_PATH, STR(tls, ca), ANY, "", true},
+    {"cert", KIND_PATH, STR(tls, cert), ANY, "", true},
+    {"key", KIND_PATH, STR(tls, key), ANY, "", true},
+};
+
+static const struct config_key replication_keys[] = {
+    {"interval", KIND_DURATION, NUM(replication, interval_ms), RANGE(MS_PER_S, 30 * MS_PER_DAY),
+     "600", true},
+    {"jitter", KIND_DURATION, NUM(replication, jitter_ms), RANGE(0, 30 * MS_PER_DAY), "600", true},
+    {"push_on_commit", KIND_BOOL, NUM(replication, push_on_commit), ANY, "yes", true},
+    {"history_keep", KIND_UINT, NUM(replication, history_keep), RANGE(1, 100000000), "1000", true},
+    {"snapshot_concurrency", KIND_UINT, NUM(replication, snapshot_concurrency), RANGE(1, 1024), "4",
+     true},
+    {"primary", KIND_ID, STR(replication, primary), ANY, "", true},
+};
+
+static const struct config_key replica_keys[] = {
+    {"address", KIND_ADDR, offsetof(struct config_replica, address), 0, ANY, NULL, true},
+};
+
+static const struct config_key admin_keys[] = {
+    {"super_admins", KIND_IDS, NUM(admin, super_admins), ANY, "", true},
+    {"operators", KIND_IDS, NUM(admin, operators), ANY, "", true},
 };
 
 static const struct config_key sender_keys[] = {
@@ -105,6 +128,27 @@ static void *base_config(struct config *c, const char *label)
     return c;
 }
 
+/* The entry of [replica "label"], made on first use; NULL when out of
+ * memory. */
+static void *base_replica(struct config *c, const char *label)
+{
+    struct config_replica *grown;
+
+    for (size_t i = 0; i < c->nreplicas; i++)
+        if (strcmp(c->replicas[i].id, label) == 0)
+            return &c->replicas[i];
+    if (strlen(label) >= sizeof(grown->id))
+        return NULL;
+    grown = realloc(c->replicas, (c->nreplicas + 1) * sizeof(*grown));
+    if (grown == NULL)
+        return NULL;
+    c->replicas = grown;
+    grown = &c->replicas[c->nreplicas++];
+    memset(grown, 0, sizeof(*grown));
+    memcpy(grown->id, label, strlen(label) + 1);
+    return grown;
+}
+
 #define SECTION(name, keys)                                                                        \
     {                                                                                              \
         name, false, keys, sizeof(keys) / sizeof(keys[0]), base_config                             \
@@ -113,6 +157,9 @@ static void *base_config(struct config *c, const char *label)
 static const struct config_section sections[] = {
     SECTION("node", node_keys),
     SECTION("tls", tls_keys),
+    SECTION("replication", replication_keys),
+    {"replica", true, replica_keys, sizeof(replica_keys) / sizeof(replica_keys[0]), base_replica},
+    SECTION("admin", admin_keys),
     SECTION("sender", sender_keys),
     SECTION("log", log_keys),
 };
@@ -310,6 +357,118 @@ static bool parse_addr(const char *text, struct config_addr *a, char *why, size_
     return true;
 }
 
+/* ---- id lists ---- */
+
+static void ids_free(struct config_ids *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->ids[i]);
+    free(l->ids);
+    l->ids = NULL;
+    l->n = 0;
+}
+
+bool config_ids_has(const struct config_ids *l, const char *id)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->ids[i], id) == 0)
+            return true;
+    return false;
+}
+
+static int ids_add(struct config_ids *l, const char *id, size_t n)
+{
+    char **grown, *copy;
+
+    if ((copy = strndup(id, n)) == NULL)
+        return -ENOMEM;
+    if ((grown = realloc(l->ids, (l->n + 1) * sizeof(*grown))) == NULL) {
+        free(copy);
+        return -ENOMEM;
+    }
+    l->ids = grown;
+    l->ids[l->n++] = copy;
+    return 0;
+}
+
+/* A certificate id as mtls_cert_id() gives it: printable ASCII without
+ * blanks; and none of the list's or the file's separators. */
+static bool admin_id_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > CONFIG_ADMIN_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] <= 0x20 || s[i] >= 0x7f || s[i] == ',' || s[i] == ';' || s[i] == '#' ||
+            s[i] == '"')
+            return false;
+    return true;
+}
+
+/* "a, b,c" into `l` (replacing it). */
+static bool parse_ids(const char *text, struct config_ids *l, char *why, size_t whylen)
+{
+    struct config_ids fresh = {NULL, 0};
+    const char *p = text;
+
+    while (*p != '\0') {
+        const char *start, *end, *comma = strchr(p, ',');
+        size_t n;
+
+        end = comma != NULL ? comma : p + strlen(p);
+        start = p;
+        while (start < end && (*start == ' ' || *start == '\t'))
+            start++;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        n = (size_t)(end - start);
+        if (n == 0) {
+            snprintf(why, whylen, "an empty id in the list (ids are separated by commas)");
+            goto bad;
+        }
+        if (!admin_id_ok(start, n)) {
+            snprintf(why, whylen,
+                     "'%.*s' is not a certificate id (1-%d printable characters, no blanks)",
+                     (int)(n > 64 ? 64 : n), start, CONFIG_ADMIN_ID_MAX);
+            goto bad;
+        }
+        for (size_t i = 0; i < fresh.n; i++)
+            if (strlen(fresh.ids[i]) == n && memcmp(fresh.ids[i], start, n) == 0) {
+                snprintf(why, whylen, "'%.*s' is listed twice", (int)(n > 64 ? 64 : n), start);
+                goto bad;
+            }
+        if (ids_add(&fresh, start, n) != 0) {
+            snprintf(why, whylen, "out of memory");
+            goto bad;
+        }
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+        if (*p == '\0') {
+            snprintf(why, whylen, "an empty id in the list (ids are separated by commas)");
+            goto bad;
+        }
+    }
+    ids_free(l);
+    *l = fresh;
+    return true;
+bad:
+    ids_free(&fresh);
+    return false;
+}
+
+static void ids_format(const struct config_ids *l, char *buf, size_t len)
+{
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < l->n && used < len; i++) {
+        int w = snprintf(buf + used, len - used, "%s%s", i > 0 ? ", " : "", l->ids[i]);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+}
+
 /*
  * Stores `value` into the key at `base`. Returns false with the reason (to
  * follow "invalid value for KEY in [SECTION]: ") in `why`.
@@ -323,6 +482,8 @@ static bool key_set(const struct config_key *k, void *base, const char *value, c
 
     switch (k->kind) {
     case KIND_ID:
+        if (value[0] == '\0' && k->def != NULL && k->def[0] == '\0')
+            break; /* an optional id's default: not configured */
         if (!settings_instance_valid(value)) {
             snprintf(why, whylen,
                      "must be 1-%d of A-Z a-z 0-9 . _ -, starting with a letter or "
@@ -399,6 +560,24 @@ static bool key_set(const struct config_key *k, void *base, const char *value, c
         *(enum log_format *)(void *)field =
             strcmp(value, "json") == 0 ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT;
         return true;
+    case KIND_BOOL:
+        if (strcmp(value, "yes") == 0 || strcmp(value, "on") == 0 || strcmp(value, "true") == 0 ||
+            strcmp(value, "1") == 0)
+            *(bool *)(void *)field = true;
+        else if (strcmp(value, "no") == 0 || strcmp(value, "off") == 0 ||
+                 strcmp(value, "false") == 0 || strcmp(value, "0") == 0)
+            *(bool *)(void *)field = false;
+        else {
+            snprintf(why, whylen, "must be yes or no (on/off, true/false, 1/0)");
+            return false;
+        }
+        return true;
+    case KIND_IDS:
+        if (value[0] == '\0') {
+            ids_free((struct config_ids *)(void *)field);
+            return true;
+        }
+        return parse_ids(value, (struct config_ids *)(void *)field, why, whylen);
     }
     /* The string kinds, checked above. */
     if (strlen(value) >= k->size) {
@@ -439,6 +618,12 @@ static void key_format(const struct config_key *k, const void *base, char *buf, 
         snprintf(buf, len, "%s",
                  *(const enum log_format *)(const void *)field == LOG_FORMAT_JSON ? "json"
                                                                                   : "text");
+        return;
+    case KIND_BOOL:
+        snprintf(buf, len, "%s", *(const bool *)(const void *)field ? "yes" : "no");
+        return;
+    case KIND_IDS:
+        ids_format((const struct config_ids *)(const void *)field, buf, len);
         return;
     }
     abort();
@@ -537,6 +722,27 @@ static void parse_header(struct parse *ps, const char *line)
                     ps->section->name, ps->section->name);
         ps->section = NULL;
         return;
+    }
+    if (ps->section->labelled) {
+        struct config_replica *r;
+        char q[64];
+
+        /* The only labelled section names a node: its label is an id. */
+        if (!settings_instance_valid(ps->label)) {
+            problem_add(ps->p, ps->name, ps->lineno,
+                        "invalid replica id %s in %s: must be 1-%d of A-Z a-z 0-9 . _ -, "
+                        "starting with a letter or digit",
+                        quote(q, sizeof(q), ps->label), shown, SETTINGS_INSTANCE_MAX);
+            ps->section = NULL;
+            return;
+        }
+        if ((r = ps->section->base(ps->c, ps->label)) == NULL) {
+            problem_add(ps->p, ps->name, ps->lineno, "out of memory");
+            ps->section = NULL;
+            return;
+        }
+        if (r->line == 0)
+            r->line = ps->lineno;
     }
     ps->in_bad = false;
 }
@@ -662,6 +868,7 @@ static int handler(void *user, const char *section, const char *name, const char
     const struct seen *prev;
     char where[CONFIG_LINE_MAX + 8], q[64], why[256];
     struct seen *grown;
+    void *base;
 
     (void)section; /* ours is ps->section: inih never sees a header */
     if (s == NULL) {
@@ -693,10 +900,77 @@ static int handler(void *user, const char *section, const char *name, const char
         problem_add(ps->p, ps->name, ps->lineno, "empty value for '%s' in %s", name, where);
         return 1;
     }
-    if (!key_set(k, s->base(ps->c, ps->label), value, why, sizeof(why)))
+    if ((base = s->base(ps->c, ps->label)) == NULL)
+        return 0;
+    if (!key_set(k, base, value, why, sizeof(why)))
         problem_add(ps->p, ps->name, ps->lineno, "invalid value %s for '%s' in %s: %s",
                     quote(q, sizeof(q), value), name, where, why);
     return 1;
+}
+
+/* The line where [section] key was set, else 0. */
+static int seen_line(const struct parse *ps, const char *section, const char *key)
+{
+    const struct config_section *s = section_lookup(section, strlen(section));
+    const struct seen *seen;
+
+    if (s == NULL)
+        return 0;
+    seen = seen_find(ps, s, "", key_lookup(s, key));
+    return seen != NULL ? seen->line : 0;
+}
+
+/* [tls] is all or nothing, and needed to listen or to push. */
+static void check_tls(struct parse *ps)
+{
+    const struct config *c = ps->c;
+    const char *const keys[] = {"ca", "cert", "key"};
+    const char *const values[] = {c->tls.ca, c->tls.cert, c->tls.key};
+    const char *needed_by = NULL;
+
+    if (c->node.listen.port != 0)
+        needed_by = "[node] listen";
+    else if (c->nreplicas > 0)
+        needed_by = "the [replica] sections";
+    else if (c->tls.ca[0] != '\0' || c->tls.cert[0] != '\0' || c->tls.key[0] != '\0')
+        needed_by = "the other [tls] keys";
+    if (needed_by == NULL)
+        return;
+    for (size_t i = 0; i < 3; i++)
+        if (values[i][0] == '\0')
+            problem_add(ps->p, ps->name, 0, "missing required key '%s' in [tls] (needed by %s)",
+                        keys[i], needed_by);
+}
+
+/* Admin certificates and nodes are told apart by id: an id is one or the
+ * other, and holds one role. */
+static void check_admin(struct parse *ps)
+{
+    const struct config *c = ps->c;
+    const struct config_ids *lists[] = {&c->admin.super_admins, &c->admin.operators};
+    const char *const keys[] = {"super_admins", "operators"};
+
+    for (size_t l = 0; l < 2; l++) {
+        int line = seen_line(ps, "admin", keys[l]);
+        for (size_t i = 0; i < lists[l]->n; i++) {
+            const char *id = lists[l]->ids[i];
+            const char *what = NULL;
+            if (strcmp(id, c->node.id) == 0)
+                what = "this node's id ([node] id)";
+            else if (config_replica_find(c, id) != NULL)
+                what = "a replica's id ([replica])";
+            else if (strcmp(id, c->replication.primary) == 0)
+                what = "the primary's id ([replication] primary)";
+            if (what != NULL)
+                problem_add(ps->p, ps->name, line,
+                            "'%.64s' in [admin] %s is %s: an admin certificate needs an id of "
+                            "its own",
+                            id, keys[l], what);
+            if (l == 1 && config_ids_has(&c->admin.super_admins, id))
+                problem_add(ps->p, ps->name, line,
+                            "'%.64s' is both in super_admins and in operators in [admin]", id);
+        }
+    }
 }
 
 /* Checks between keys and required keys, after the whole file. */
@@ -727,6 +1001,20 @@ static void check_whole(struct parse *ps)
                                  : 0,
                     "retry_max (%s) is shorter than retry_initial (%s) in [sender]", a, b);
     }
+    for (size_t i = 0; i < c->nreplicas; i++) {
+        const struct config_replica *r = &c->replicas[i];
+        const struct config_section *rs = section_lookup("replica", 7);
+        if (seen_find(ps, rs, r->id, key_lookup(rs, "address")) == NULL)
+            problem_add(ps->p, ps->name, r->line,
+                        "missing required key 'address' in [replica \"%s\"]", r->id);
+        if (strcmp(r->id, c->node.id) == 0)
+            problem_add(ps->p, ps->name, r->line,
+                        "[replica \"%s\"] is this node ([node] id): a node does not replicate "
+                        "to itself",
+                        r->id);
+    }
+    check_tls(ps);
+    check_admin(ps);
 }
 
 void config_init(struct config *c)
@@ -749,7 +1037,49 @@ void config_init(struct config *c)
 
 void config_clear(struct config *c)
 {
-    (void)c;
+    ids_free(&c->admin.super_admins);
+    ids_free(&c->admin.operators);
+    free(c->replicas);
+    memset(c, 0, sizeof(*c));
+}
+
+static int ids_copy(struct config_ids *dst, const struct config_ids *src)
+{
+    dst->ids = NULL;
+    dst->n = 0;
+    for (size_t i = 0; i < src->n; i++)
+        if (ids_add(dst, src->ids[i], strlen(src->ids[i])) != 0)
+            return -ENOMEM;
+    return 0;
+}
+
+int config_copy(struct config *dst, const struct config *src)
+{
+    *dst = *src;
+    dst->replicas = NULL;
+    dst->admin.super_admins.ids = dst->admin.operators.ids = NULL;
+    dst->admin.super_admins.n = dst->admin.operators.n = 0;
+    if (src->nreplicas > 0) {
+        dst->replicas = malloc(src->nreplicas * sizeof(*dst->replicas));
+        if (dst->replicas == NULL)
+            goto nomem;
+        memcpy(dst->replicas, src->replicas, src->nreplicas * sizeof(*dst->replicas));
+    }
+    if (ids_copy(&dst->admin.super_admins, &src->admin.super_admins) != 0 ||
+        ids_copy(&dst->admin.operators, &src->admin.operators) != 0)
+        goto nomem;
+    return 0;
+nomem:
+    config_clear(dst);
+    return -ENOMEM;
+}
+
+const struct config_replica *config_replica_find(const struct config *c, const char *id)
+{
+    for (size_t i = 0; i < c->nreplicas; i++)
+        if (strcmp(c->replicas[i].id, id) == 0)
+            return &c->replicas[i];
+    return NULL;
 }
 
 int config_load_file(FILE *f, const char *name, struct config *c, struct config_problems *p)
@@ -800,8 +1130,32 @@ int config_load(const char *path, struct config *c, struct config_problems *p)
     return rc;
 }
 
+/* [replica] sections that appear, go or move. */
+static void diff_replicas(const struct config *old, const struct config *new, config_change_cb cb,
+                          void *arg)
+{
+    char section[SETTINGS_INSTANCE_MAX + 16];
+
+    for (size_t i = 0; i < old->nreplicas; i++) {
+        const struct config_replica *o = &old->replicas[i];
+        const struct config_replica *n = config_replica_find(new, o->id);
+        snprintf(section, sizeof(section), "replica \"%s\"", o->id);
+        if (n == NULL)
+            cb(section, "address", o->address.text, "", true, arg);
+        else if (strcmp(n->address.text, o->address.text) != 0)
+            cb(section, "address", o->address.text, n->address.text, true, arg);
+    }
+    for (size_t i = 0; i < new->nreplicas; i++) {
+        const struct config_replica *n = &new->replicas[i];
+        snprintf(section, sizeof(section), "replica \"%s\"", n->id);
+        if (config_replica_find(old, n->id) == NULL)
+            cb(section, "address", "", n->address.text, true, arg);
+    }
+}
+
 void config_diff(const struct config *old, const struct config *new, config_change_cb cb, void *arg)
 {
+    /* Big enough for a path or a line's worth of ids (CONFIG_LINE_MAX). */
     char a[CONFIG_PATH_MAX + 16], b[CONFIG_PATH_MAX + 16];
 
     for (size_t i = 0; i < NSECTIONS; i++) {
@@ -815,6 +1169,7 @@ void config_diff(const struct config *old, const struct config *new, config_chan
                 cb(s->name, s->keys[j].name, a, b, s->keys[j].live, arg);
         }
     }
+    diff_replicas(old, new, cb, arg);
 }
 
 int config_format(const struct config *c, const char *section, const char *key, char *buf,

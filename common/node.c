@@ -9,7 +9,9 @@
  *             returns once the loop is empty
  *
  * What arrives on the submission socket is node_intake's (batched
- * submissions, queue queries and actions); this file runs the rest.
+ * submissions, queue queries and actions); replication and the admin API
+ * on the mTLS port are repl_node's (repl.h), started when [tls] is
+ * configured and stopped as one more part; this file runs the rest.
  */
 #include "node.h"
 
@@ -32,7 +34,9 @@
 
 #include "error.h"
 #include "log.h"
+#include "mtls.h"
 #include "outbox.h"
+#include "repl.h"
 #include "sender.h"
 #include "node_intake.h"
 #include "store.h"
@@ -77,13 +81,15 @@ struct node {
     bool sender_restart; /* start a new sender once the old one has stopped */
     struct submit_server *submit;
     int lock_fd;
+    struct mtls_ctx *ctx;   /* [tls]; NULL without replication */
+    struct repl_node *repl; /* replication and admin API; NULL without [tls] */
 
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t watch;
     struct node_intake intake; /* its check handle is one of the handles */
     bool handles_started;      /* the signals and the watch timer */
     bool intake_ready;
-    unsigned parts; /* submission server and sender still stopping */
+    unsigned parts; /* submission server, sender and replication still stopping */
 
     uint64_t revision; /* the store's revision last seen */
     int watch_error;   /* last store_info error logged, to log a change only */
@@ -170,9 +176,10 @@ static void sender_end(struct node *n)
 
 /* ---- settings revision watch ---- */
 
-static void on_watch(uv_timer_t *t)
+/* Has the store a new revision (saved here, by another process, or
+ * replicated)? The sender reloads its settings, the primary pushes. */
+static void check_revision(struct node *n)
 {
-    struct node *n = t->data;
     struct store_info info;
     int err;
 
@@ -191,12 +198,170 @@ static void on_watch(uv_timer_t *t)
     n->revision = info.revision;
     if (n->sender != NULL && !n->sender_stopping)
         sender_settings_changed(n->sender);
+    if (n->repl != NULL)
+        repl_node_revision_changed(n->repl, info.revision);
+}
+
+static void on_watch(uv_timer_t *t)
+{
+    check_revision(t->data);
+}
+
+/* ---- replication ---- */
+
+static void repl_settings_changed(void *arg)
+{
+    struct node *n = arg;
+
+    if (n->state == NODE_RUNNING)
+        check_revision(n);
+}
+
+static void repl_outbox_depth(void *arg, uint64_t *pending, uint64_t *dead)
+{
+    struct node *n = arg;
+    struct outbox_depth d;
+
+    memset(&d, 0, sizeof(d));
+    if (n->outbox != NULL)
+        (void)outbox_depth(n->outbox, &d);
+    *pending = d.pending[OUTBOX_TOKENCODE] + d.pending[OUTBOX_REPORT];
+    *dead = d.dead;
+}
+
+/* The address other nodes reach this one at: [node] address, else listen
+ * unless it is a wildcard. */
+static const char *self_address(const struct config *c)
+{
+    if (c->node.address.port != 0)
+        return c->node.address.text;
+    if (c->node.listen.port != 0 && strcmp(c->node.listen.host, "0.0.0.0") != 0 &&
+        strcmp(c->node.listen.host, "::") != 0)
+        return c->node.listen.text;
+    return "";
+}
+
+/* The config's replication keys as repl_node takes them; the members
+ * array is malloc'd (free it), the strings are the config's. */
+static int repl_config(const struct config *c, struct repl_node_config *rc,
+                       struct repl_member_cfg **members)
+{
+    memset(rc, 0, sizeof(*rc));
+    *members = NULL;
+    if (c->nreplicas > 0) {
+        if ((*members = calloc(c->nreplicas, sizeof(**members))) == NULL)
+            return -ENOMEM;
+        for (size_t i = 0; i < c->nreplicas; i++) {
+            (*members)[i].id = c->replicas[i].id;
+            (*members)[i].address = c->replicas[i].address.text;
+        }
+    }
+    rc->tuning.interval_ms = c->replication.interval_ms;
+    rc->tuning.jitter_ms = c->replication.jitter_ms;
+    rc->tuning.push_on_commit = c->replication.push_on_commit;
+    rc->tuning.history_keep = c->replication.history_keep;
+    rc->tuning.snapshot_concurrency = c->replication.snapshot_concurrency;
+    rc->primary = c->replication.primary;
+    rc->address = self_address(c);
+    rc->replicas = *members;
+    rc->nreplicas = c->nreplicas;
+    rc->super_admins = (const char *const *)c->admin.super_admins.ids;
+    rc->nsuper_admins = c->admin.super_admins.n;
+    rc->operators = (const char *const *)c->admin.operators.ids;
+    rc->noperators = c->admin.operators.n;
+    return 0;
+}
+
+static int load_tls(const struct config *c, struct mtls_ctx **out)
+{
+    char why[MTLS_WHY_MAX];
+    int err;
+
+    if ((err = mtls_ctx_load(c->tls.ca, c->tls.cert, c->tls.key, out, why, sizeof(why))) != 0)
+        log_error("cannot load the [tls] files: %s", why);
+    return err;
+}
+
+static int repl_begin(struct node *n)
+{
+    struct repl_node_params rp;
+    struct repl_member_cfg *members;
+    int err;
+
+    if (n->cfg.tls.ca[0] == '\0') {
+        log_info("no [tls]: replication and the admin API are off");
+        return 0;
+    }
+    if ((err = load_tls(&n->cfg, &n->ctx)) != 0)
+        return err;
+    if (strcmp(mtls_ctx_id(n->ctx), n->cfg.node.id) != 0)
+        log_warnx("the certificate's id is '%s', not this node's id '%s': other nodes will not "
+                  "know it by its id",
+                  mtls_ctx_id(n->ctx), n->cfg.node.id);
+    memset(&rp, 0, sizeof(rp));
+    if ((err = repl_config(&n->cfg, &rp.config, &members)) != 0)
+        return err;
+    rp.loop = &n->loop;
+    rp.store = n->store;
+    rp.ctx = n->ctx;
+    rp.node_id = n->cfg.node.id;
+    rp.primary_daemon = n->params->role == NODE_ROLE_PRIMARY;
+    rp.listen = n->cfg.node.listen.text;
+    rp.helo = n->cfg.sender.helo[0] != '\0' ? n->cfg.sender.helo : NULL;
+    rp.settings_changed = repl_settings_changed;
+    rp.outbox_depth = repl_outbox_depth;
+    rp.arg = n;
+    err = repl_node_start(&rp, &n->repl);
+    free(members);
+    if (err != 0) {
+        n->repl = NULL;
+        log_error("cannot start replication: %s", error_str(err));
+        return err;
+    }
+    if (n->cfg.node.listen.port != 0)
+        log_info("listening for replication and admins on %s (port %d)", n->cfg.node.listen.text,
+                 repl_node_port(n->repl));
+    return 0;
+}
+
+static void repl_reload(struct node *n, bool tls_changed)
+{
+    struct repl_node_config rc;
+    struct repl_member_cfg *members;
+    struct mtls_ctx *ctx = NULL;
+
+    if (n->repl == NULL)
+        return;
+    if (tls_changed) {
+        if (load_tls(&n->cfg, &ctx) != 0) {
+            log_error("reload: keeping the TLS files loaded before");
+            ctx = NULL;
+        } else {
+            log_info("reload: TLS files reloaded (certificate id '%s')", mtls_ctx_id(ctx));
+        }
+    }
+    if (repl_config(&n->cfg, &rc, &members) != 0 || repl_node_reconfigure(n->repl, &rc, ctx) != 0)
+        log_error("reload: out of memory: replication keeps its old configuration");
+    free(members);
+    if (ctx != NULL) {
+        if (n->ctx != NULL)
+            mtls_ctx_unref(n->ctx);
+        n->ctx = ctx;
+    }
+}
+
+static void on_repl_stopped(void *arg)
+{
+    struct node *n = arg;
+
+    n->repl = NULL;
+    node_part_done(n);
 }
 
 /* ---- reload ---- */
 
 struct reload {
-    bool log, expiry, sender, restart_needed;
+    bool log, expiry, sender, repl, tls, restart_needed;
     size_t changes;
 };
 
@@ -218,6 +383,11 @@ static void on_change(const char *section, const char *key, const char *old_valu
     log_info("reload: [%s] %s %s -> %s", section, key, qo, qn);
     if (strcmp(section, "log") == 0)
         r->log = true;
+    else if (strcmp(section, "tls") == 0)
+        r->tls = r->repl = true;
+    else if (strcmp(section, "replication") == 0 || strcmp(section, "admin") == 0 ||
+             strncmp(section, "replica ", 8) == 0)
+        r->repl = true;
     else if (strcmp(key, "tokencode_expiry") == 0 || strcmp(key, "report_expiry") == 0)
         r->expiry = true;
     else
@@ -263,10 +433,26 @@ static void reload(struct node *n)
     config_problems_free(&p);
     memset(&r, 0, sizeof(r));
     config_diff(&n->cfg, &fresh, on_change, &r);
-    /* Live sections are taken; the others stay as they started. */
-    n->cfg.sender = fresh.sender;
-    n->cfg.log = fresh.log;
-    config_clear(&fresh);
+    if (n->repl == NULL && (r.tls || r.repl)) {
+        r.restart_needed = true;
+        log_warnx("reload: replication is off (no [tls] at start): restart for [tls], "
+                  "[replication], [replica] and [admin] to take effect");
+    } else if (fresh.tls.ca[0] == '\0') {
+        r.tls = false;
+        log_warnx("reload: [tls] removed: keeping the TLS files loaded before until a restart");
+    } else if (n->repl != NULL) {
+        /* A renewed certificate keeps its file name: the files are read
+         * again at every SIGHUP. */
+        r.tls = r.repl = true;
+    }
+    /* Live sections are taken; [node] stays as it started. */
+    fresh.node = n->cfg.node;
+    if (n->repl == NULL || (fresh.tls.ca[0] == '\0' && n->cfg.tls.ca[0] != '\0'))
+        memcpy(&fresh.tls, &n->cfg.tls, sizeof(fresh.tls));
+    config_clear(&n->cfg);
+    n->cfg = fresh; /* fresh's lists now belong to n->cfg */
+    if (r.repl)
+        repl_reload(n, r.tls);
     if (r.log)
         apply_log(n);
     pick_msgid_domain(n);
@@ -342,6 +528,10 @@ static void node_stop(struct node *n, int exit_code, const char *why)
         n->parts++;
         n->sender_restart = false;
         sender_end(n);
+    }
+    if (n->repl != NULL) {
+        n->parts++;
+        repl_node_stop(n->repl, on_repl_stopped, n);
     }
     node_part_done(n);
 }
@@ -521,7 +711,11 @@ int node_run(const struct node_params *params)
         return NODE_EXIT_FAIL;
     }
     n->params = params;
-    n->cfg = *params->cfg;
+    if (config_copy(&n->cfg, params->cfg) != 0) {
+        log_error("cannot start: %s", error_str(-ENOMEM));
+        free(n);
+        return NODE_EXIT_FAIL;
+    }
     n->lock_fd = -1;
     n->state = NODE_RUNNING;
     n->exit_code = NODE_EXIT_OK;
@@ -549,6 +743,11 @@ int node_run(const struct node_params *params)
         uv_run(&n->loop, UV_RUN_DEFAULT);
         goto close_data;
     }
+    if (repl_begin(n) != 0) {
+        node_stop(n, NODE_EXIT_FAIL, "replication could not start");
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+        goto close_data;
+    }
     start_handles(n);
     log_started(n);
     wake_sender(n);
@@ -570,6 +769,7 @@ close_data:
         store_close(n->store);
     if (n->lock_fd >= 0)
         close(n->lock_fd);
+    mtls_ctx_unref(n->ctx);
     config_clear(&n->cfg);
     free(n);
     return rc;

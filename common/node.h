@@ -14,10 +14,15 @@
  *   - a 1 s timer that compares the store's revision, so a revision saved
  *     by another process (smtpsyncctl --data-dir, later replication) is
  *     used without a restart;
+ *   - with [tls]: replication and the admin API (repl.h, repl_node): the
+ *     [node] listen port, the pusher while this node is the primary, the
+ *     agent that applies pushes; a new revision is pushed at once;
  *   - signals: SIGTERM and SIGINT stop accepting, let the sender drain and
- *     exit 0; SIGHUP re-reads the config file ([sender] and [log] apply at
- *     once, the sender restarting with its new limits; [node] and [tls]
- *     changes are logged as needing a restart).
+ *     exit 0; SIGHUP re-reads the config file ([sender], [log],
+ *     [replication], [replica], [admin] and [tls] apply at once, the TLS
+ *     files reloaded without dropping a connection, the sender restarting
+ *     with its new limits; [node] changes are logged as needing a
+ *     restart).
  *
  * The process is hardened first: no core dumps and not dumpable (it holds
  * SMTP passwords), umask 077 (data files 0600, directories 0700; the

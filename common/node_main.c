@@ -22,8 +22,9 @@
 #define USAGE_TEXT                                                                                 \
     "usage: %s --config FILE [--log-level LEVEL] [--log-format text|json]\n"                       \
     "\n"                                                                                           \
-    "The smtpsync %s daemon: delivers this node's mail with its own settings and\n"                \
-    "serves the local submission socket.\n"                                                        \
+    "The smtpsync %s daemon: delivers this node's mail with its own settings,\n"                   \
+    "serves the local submission socket and, with [tls], replication and the\n"                    \
+    "admin API on [node] listen (mutual TLS).\n"                                                   \
     "\n"                                                                                           \
     "  --config FILE        the INI configuration file (required)\n"                               \
     "  --log-level LEVEL    debug, info, warn or error (overrides [log] level)\n"                  \
@@ -32,7 +33,7 @@
     "  --help               print this help\n"                                                     \
     "\n"                                                                                           \
     "Signals: SIGTERM or SIGINT stop it (mail being sent is finished first);\n"                    \
-    "SIGHUP re-reads the configuration.\n"
+    "SIGHUP re-reads the configuration and the TLS files.\n"
 
 static int usage_error(const char *prog, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -6,7 +6,9 @@
 # daemon on its socket or data directory, keeps running through SIGHUP
 # (good config or bad), picks up a revision saved by another process,
 # exits 0 within a second of SIGTERM with its socket removed, and never
-# shows the SMTP password.
+# shows the SMTP password. With [tls], a primary pushes what is saved to
+# real replica processes, reloads its certificate on SIGHUP, and a
+# restarted replica catches up.
 source "$(dirname "$0")/lib.sh"
 
 # The daemons sit next to smtpsyncctl in the build tree unless named.
@@ -137,7 +139,7 @@ max_sessions = 300
 max_session = 4
 idle = 2 s
 [replication]
-interval = 600
+interval = 0
 [log]
 level = loud
 EOF
@@ -149,7 +151,7 @@ for line in \
     "smtpsync-primary: $T/bad.ini:6: invalid value '300' for 'max_sessions' in [sender]: must be a whole number from 1 to 256" \
     "smtpsync-primary: $T/bad.ini:7: unknown key 'max_session' in [sender]" \
     "smtpsync-primary: $T/bad.ini:8: invalid value '2 s' for 'idle' in [sender]:" \
-    "smtpsync-primary: $T/bad.ini:9: unknown section [replication]" \
+    "smtpsync-primary: $T/bad.ini:10: invalid value '0' for 'interval' in [replication]: must be a duration from 1s" \
     "smtpsync-primary: $T/bad.ini:12: invalid value 'loud' for 'level' in [log]:"; do
     assert_contains "bad config reports: $line" "$ERR" "$line"
 done
@@ -291,5 +293,96 @@ assert_exit "replica: queue" 0
 kill -HUP "${PID[r1]}"
 assert_true "replica: SIGHUP with no change" wait_for 30 grep -q "reload: no change" "$T/r1.log"
 stop r1 TERM
+
+# ---- replication: a primary and two replicas over mutual TLS ----
+
+PKI=$T/pki
+bash "$(dirname "$0")/../tools/make-pki.sh" -a alice "$PKI" primary site-b site-c >/dev/null
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+PP=$(free_port)
+PB=$(free_port)
+PC=$(free_port)
+tls_lines() {
+    printf '%s\n' "[tls]" "ca = $PKI/ca.pem" "cert = $PKI/$1.pem" "key = $PKI/$1.key"
+}
+write_config rp primary "[log]" "level = debug"
+sed -i "/^submit_socket/a listen = 127.0.0.1:$PP" "$T/rp.ini"
+{
+    tls_lines primary
+    printf '%s\n' "[replication]" "interval = 60" "jitter = 0"
+    printf '%s\n' "[replica \"site-b\"]" "address = 127.0.0.1:$PB"
+    printf '%s\n' "[replica \"site-c\"]" "address = 127.0.0.1:$PC"
+    printf '%s\n' "[admin]" "super_admins = alice"
+} >>"$T/rp.ini"
+for r in b c; do
+    port=$PB
+    [ $r = c ] && port=$PC
+    write_config "r$r" "site-$r"
+    sed -i "/^submit_socket/a listen = 127.0.0.1:$port" "$T/r$r.ini"
+    { tls_lines "site-$r"; printf '%s\n' "[replication]" "primary = primary"; } >>"$T/r$r.ini"
+done
+
+# A [replica] section without [tls] is a configuration error.
+printf '[node]\nid = primary\ndata_dir = %s\n[replica "site-b"]\naddress = 127.0.0.1:1\n' \
+    "$T/x.data" >"$T/notls.ini"
+run "$PRIMARY" --config "$T/notls.ini"
+assert_exit "replicas without [tls]" 2
+assert_contains "replicas without [tls]" "$ERR" \
+    "missing required key 'ca' in [tls] (needed by the [replica] sections)"
+
+start "$REPLICA" rb
+start "$REPLICA" rc
+start "$PRIMARY" rp
+assert_true "primary listens" grep -q "listening for replication and admins on 127.0.0.1:$PP" \
+    "$T/rp.log"
+assert_true "primary pushes to both" wait_for 50 grep -q "replica site-c: in sync at revision 0" \
+    "$T/rp.log"
+
+# A save on the primary (by another process) reaches both replicas.
+"$SMTPSYNCCTL" --data-dir "$T/rp.data" settings set --instance site-b --hostname mail.example.com \
+    --port 587 --from noreply@example.com --test-address ops@example.com >/dev/null 2>&1
+run "$SMTPSYNCCTL" --data-dir "$T/rp.data" settings save --comment "replicated"
+assert_exit "save on the primary" 0
+replica_has() { # NAME REVISION
+    "$SMTPSYNCCTL" --data-dir "$T/$1.data" history 2>/dev/null | grep -q "^$2 .*replicated"
+}
+assert_true "site-b got revision 1" wait_for 50 replica_has rb 1
+assert_true "site-c got revision 1" wait_for 50 replica_has rc 1
+assert_true "site-b's sender uses it" wait_for 30 grep -q \
+    "sender settings instance=site-b revision=1 relay=mail.example.com:587" "$T/rb.log"
+run "$SMTPSYNCCTL" --data-dir "$T/rb.data" settings show --instance site-b
+assert_contains "site-b shows the replicated record" "$OUT" "mail.example.com"
+
+# SIGHUP reloads the TLS files (here a renewed certificate) without
+# dropping anything; pushes go on.
+sed -i "s|^cert = .*|cert = $PKI/renewed.pem|; s|^key = .*|key = $PKI/renewed.key|" "$T/rp.ini"
+kill -HUP "${PID[rp]}"
+assert_true "reload: TLS files reloaded" wait_for 30 grep -q \
+    "reload: TLS files reloaded (certificate id 'primary')" "$T/rp.log"
+"$SMTPSYNCCTL" --data-dir "$T/rp.data" settings set --instance site-c --hostname mail-c.example.com \
+    --port 587 --from noreply@example.com --test-address ops@example.com >/dev/null 2>&1
+"$SMTPSYNCCTL" --data-dir "$T/rp.data" settings save --comment "replicated again" >/dev/null 2>&1
+assert_true "site-c got revision 2 after the reload" wait_for 50 replica_has rc 2
+# A key that cannot be read: the old files stay in use.
+sed -i "s|^key = .*|key = $PKI/missing.key|" "$T/rp.ini"
+kill -HUP "${PID[rp]}"
+assert_true "reload: bad TLS files kept out" wait_for 30 grep -q \
+    "reload: keeping the TLS files loaded before" "$T/rp.log"
+assert_true "primary still running" kill -0 "${PID[rp]}"
+
+# A replica restarted catches up.
+stop rb TERM
+"$SMTPSYNCCTL" --data-dir "$T/rp.data" settings set --instance site-b --port 2525 >/dev/null 2>&1
+"$SMTPSYNCCTL" --data-dir "$T/rp.data" settings save --comment "replicated while down" \
+    >/dev/null 2>&1
+start "$REPLICA" rb
+assert_true "site-b caught up after its restart" wait_for 100 replica_has rb 3
+
+stop rp TERM
+stop rb TERM
+stop rc INT
+assert_not_contains "primary: no sanitizer report" "$(cat "$T/rp.log")" "runtime error"
 
 finish

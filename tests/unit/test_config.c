@@ -256,10 +256,10 @@ static void test_config_unknown_key(void **state)
 
 static void test_config_unknown_sections(void **state)
 {
-    /* Sections of later issues are unknown until they exist: an error,
-     * reported once on the header, with nothing reported for their keys. */
+    /* An unknown section is an error, reported once on the header, with
+     * nothing reported for its keys. */
     static const char *const headers[] = {
-        "[replication]", "[replica \"site-b\"]", "[admin]", "[ctl]", "[nodes]", "[metrics]",
+        "[replications]", "[replicas \"site-b\"]", "[admins]", "[ctl]", "[nodes]", "[metrics]",
     };
     char text[512], line[128];
 
@@ -271,6 +271,9 @@ static void test_config_unknown_sections(void **state)
         expect_one(text, line);
     }
     expect_one(MIN_NODE "[node \"x\"]\nid = y\n", "t.ini:4: section [node] takes no name");
+    expect_one(MIN_NODE "[admin \"x\"]\noperators = y\n", "t.ini:4: section [admin] takes no name");
+    expect_one(MIN_NODE "[replica]\naddress = 10.0.0.2:7443\n",
+               "t.ini:4: section [replica] needs a name: [replica \"name\"]");
 }
 
 static void test_config_syntax_errors(void **state)
@@ -306,7 +309,8 @@ static void test_config_long_line(void **state)
     snprintf(text, sizeof(text), "[node]\nid = primary\ndata_dir = /d\n[tls]\nca = %s\n", path);
     expect_one(text, "t.ini:5: line longer than 196 characters");
     /* A long line is one problem, not several fragments. */
-    snprintf(text, sizeof(text), "[node]\nid = primary\ndata_dir = /d\n; %s\n[tls]\nca = %.180s\n",
+    snprintf(text, sizeof(text),
+             "[node]\nid = primary\ndata_dir = /d\n; %s\n[tls]\nca = %.180s\ncert = /c\nkey = /k\n",
              path, path);
     struct config c;
     expect_ok(text, &c);
@@ -358,7 +362,7 @@ static void test_config_collects_every_problem(void **state)
                                "max_sessions = 999\n" /* 5 */
                                "idle = forever\n"     /* 6 */
                                "max_sessions = 2\n"   /* 7 */
-                               "[replication]\n"      /* 8 */
+                               "[replications]\n"     /* 8 */
                                "interval = 600\n"     /* 9 */
                                "[log]\n"              /* 10 */
                                "format = yaml\n"      /* 11 */
@@ -369,7 +373,7 @@ static void test_config_collects_every_problem(void **state)
         "t.ini:5: invalid value '999' for 'max_sessions' in [sender]: ",
         "t.ini:6: invalid value 'forever' for 'idle' in [sender]: ",
         "t.ini:7: duplicate key 'max_sessions' in [sender] (first set on line 5)",
-        "t.ini:8: unknown section [replication]",
+        "t.ini:8: unknown section [replications]",
         "t.ini:11: invalid value 'yaml' for 'format' in [log]: ",
         "t.ini:12: expected 'key = value' or '[section]'",
         "t.ini: missing required key 'data_dir' in [node]",
@@ -548,8 +552,10 @@ static void test_config_diff_and_format(void **state)
     assert_int_equal(config_format(&b, "log", "format", buf, sizeof(buf)), 0);
     assert_string_equal(buf, "text");
     assert_int_equal(config_format(&b, "sender", "nope", buf, sizeof(buf)), ERROR_NOT_FOUND);
-    assert_int_equal(config_format(&b, "replication", "interval", buf, sizeof(buf)),
-                     ERROR_NOT_FOUND);
+    assert_int_equal(config_format(&b, "replication", "interval", buf, sizeof(buf)), 0);
+    assert_string_equal(buf, "600s");
+    assert_int_equal(config_format(&b, "replica", "address", buf, sizeof(buf)), ERROR_NOT_FOUND);
+    assert_int_equal(config_format(&b, "nope", "address", buf, sizeof(buf)), ERROR_NOT_FOUND);
     config_clear(&a);
     config_clear(&b);
 }
@@ -573,6 +579,258 @@ static void test_config_problems_capped(void **state)
     free(text);
 }
 
+#define TLS_KEYS "[tls]\nca = /etc/ca.pem\ncert = /etc/n.pem\nkey = /etc/n.key\n"
+
+static void test_config_replication_defaults_and_keys(void **state)
+{
+    struct config c;
+
+    (void)state;
+    expect_ok(MIN_NODE, &c);
+    assert_int_equal(c.replication.interval_ms, 600000);
+    assert_int_equal(c.replication.jitter_ms, 600000);
+    assert_true(c.replication.push_on_commit);
+    assert_int_equal(c.replication.history_keep, 1000);
+    assert_int_equal(c.replication.snapshot_concurrency, 4);
+    assert_string_equal(c.replication.primary, "");
+    assert_int_equal(c.nreplicas, 0);
+    assert_int_equal(c.admin.super_admins.n, 0);
+    assert_int_equal(c.admin.operators.n, 0);
+    assert_string_equal(c.node.address.text, "");
+    config_clear(&c);
+
+    expect_ok(MIN_NODE "address = 10.0.0.1:7443\n[replication]\ninterval = 10m\njitter = 0\n"
+                       "push_on_commit = no\nhistory_keep = 5\nsnapshot_concurrency = 16\n"
+                       "primary = site-a\n",
+              &c);
+    assert_string_equal(c.node.address.host, "10.0.0.1");
+    assert_int_equal(c.replication.interval_ms, 600000);
+    assert_int_equal(c.replication.jitter_ms, 0);
+    assert_false(c.replication.push_on_commit);
+    assert_int_equal(c.replication.history_keep, 5);
+    assert_int_equal(c.replication.snapshot_concurrency, 16);
+    assert_string_equal(c.replication.primary, "site-a");
+    config_clear(&c);
+
+    /* Every spelling of a boolean. */
+    static const char *const yes[] = {"yes", "on", "true", "1"}, *const no[] = {"no", "off",
+                                                                                "false", "0"};
+    char text[256];
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(text, sizeof(text), MIN_NODE "[replication]\npush_on_commit = %s\n", yes[i]);
+        expect_ok(text, &c);
+        assert_true(c.replication.push_on_commit);
+        config_clear(&c);
+        snprintf(text, sizeof(text), MIN_NODE "[replication]\npush_on_commit = %s\n", no[i]);
+        expect_ok(text, &c);
+        assert_false(c.replication.push_on_commit);
+        config_clear(&c);
+    }
+}
+
+static void test_config_replication_bad_values(void **state)
+{
+    (void)state;
+    expect_one(MIN_NODE "[replication]\ninterval = 0\n",
+               "t.ini:5: invalid value '0' for 'interval' in [replication]: must be a duration "
+               "from 1s to 2592000s (seconds, e.g. 30 or 0.5, or with a unit: 250ms, 30s, 10m, "
+               "1h, 5d)");
+    expect_one(MIN_NODE "[replication]\njitter = 31d\n",
+               "t.ini:5: invalid value '31d' for 'jitter' in [replication]: must be a duration "
+               "from 0s to 2592000s (seconds, e.g. 30 or 0.5, or with a unit: 250ms, 30s, 10m, "
+               "1h, 5d)");
+    expect_one(MIN_NODE "[replication]\npush_on_commit = maybe\n",
+               "t.ini:5: invalid value 'maybe' for 'push_on_commit' in [replication]: must be "
+               "yes or no (on/off, true/false, 1/0)");
+    expect_one(MIN_NODE "[replication]\npush_on_commit = YES\n",
+               "t.ini:5: invalid value 'YES' for 'push_on_commit' in [replication]: must be "
+               "yes or no (on/off, true/false, 1/0)");
+    expect_one(MIN_NODE "[replication]\nhistory_keep = 0\n",
+               "t.ini:5: invalid value '0' for 'history_keep' in [replication]: must be a whole "
+               "number from 1 to 100000000");
+    expect_one(MIN_NODE "[replication]\nsnapshot_concurrency = 1025\n",
+               "t.ini:5: invalid value '1025' for 'snapshot_concurrency' in [replication]: must "
+               "be a whole number from 1 to 1024");
+    expect_one(MIN_NODE "[replication]\nprimary = a b\n",
+               "t.ini:5: invalid value 'a b' for 'primary' in [replication]: must be 1-64 of A-Z "
+               "a-z 0-9 . _ -, starting with a letter or digit");
+    expect_one(MIN_NODE "[replication]\nprimary =\n",
+               "t.ini:5: empty value for 'primary' in [replication]");
+    expect_one(MIN_NODE "address = *:7443\n",
+               "t.ini:4: invalid value '*:7443' for 'address' in [node]: bad host: "
+               "\"*\" is not allowed (only letters, digits, hyphens, dots)");
+}
+
+static void test_config_replica_sections(void **state)
+{
+    struct config c;
+
+    (void)state;
+    expect_ok(MIN_NODE "listen = 0.0.0.0:7443\n" TLS_KEYS "[replica \"site-b\"]\n"
+                       "address = 10.0.0.2:7443\n[replica \"site-c\"] ; the second\n"
+                       "address = [2001:db8::3]:7443\n[replica \"site-d\"]\n"
+                       "address = site-d.example.net:7443\n",
+              &c);
+    assert_int_equal(c.nreplicas, 3);
+    assert_string_equal(c.replicas[0].id, "site-b");
+    assert_string_equal(c.replicas[0].address.text, "10.0.0.2:7443");
+    assert_int_equal(c.replicas[0].address.port, 7443);
+    assert_int_equal(c.replicas[0].line, 9);
+    assert_string_equal(c.replicas[1].id, "site-c");
+    assert_string_equal(c.replicas[1].address.host, "2001:db8::3");
+    assert_string_equal(c.replicas[2].address.host, "site-d.example.net");
+    assert_non_null(config_replica_find(&c, "site-c"));
+    assert_null(config_replica_find(&c, "site-x"));
+    config_clear(&c);
+
+    expect_one(MIN_NODE TLS_KEYS "[replica \"site-b\"]\n",
+               "t.ini:8: missing required key 'address' in [replica \"site-b\"]");
+    expect_one(MIN_NODE TLS_KEYS "[replica \"site-b\"]\naddress = 10.0.0.2\n",
+               "t.ini:9: invalid value '10.0.0.2' for 'address' in [replica \"site-b\"]: must "
+               "be host:port (IPv6 in brackets: [::1]:7443)");
+    expect_one(MIN_NODE TLS_KEYS "[replica \"site-b\"]\naddress = 10.0.0.2:1\naddress = "
+                                 "10.0.0.2:2\n",
+               "t.ini:10: duplicate key 'address' in [replica \"site-b\"] (first set on line 9)");
+    expect_one(MIN_NODE TLS_KEYS "[replica \"site-b\"]\naddress = 10.0.0.2:1\n[replica "
+                                 "\"site-b\"]\naddress = 10.0.0.2:2\n",
+               "t.ini:11: duplicate key 'address' in [replica \"site-b\"] (first set on line 9)");
+    expect_one(MIN_NODE TLS_KEYS "[replica \"site-b\"]\nport = 1\naddress = 10.0.0.2:1\n",
+               "t.ini:9: unknown key 'port' in [replica \"site-b\"]");
+    expect_one(MIN_NODE TLS_KEYS "[replica \"-b\"]\naddress = 10.0.0.2:1\n",
+               "t.ini:8: invalid replica id '-b' in [replica \"-b\"]: must be 1-64 of A-Z a-z "
+               "0-9 . _ -, starting with a letter or digit");
+    expect_one(MIN_NODE TLS_KEYS "[replica \"primary\"]\naddress = 10.0.0.2:1\n",
+               "t.ini:8: [replica \"primary\"] is this node ([node] id): a node does not "
+               "replicate to itself");
+    /* The pusher needs [tls]. */
+    expect_ok(MIN_NODE, &c);
+    config_clear(&c);
+    struct config_problems p;
+    assert_int_equal(parse(MIN_NODE "[replica \"site-b\"]\naddress = 10.0.0.2:7443\n", &c, &p),
+                     ERROR_INVALID);
+    assert_int_equal(p.count, 3);
+    assert_string_equal(p.lines[0],
+                        "t.ini: missing required key 'ca' in [tls] (needed by the [replica] "
+                        "sections)");
+    assert_string_equal(p.lines[2],
+                        "t.ini: missing required key 'key' in [tls] (needed by the [replica] "
+                        "sections)");
+    config_problems_free(&p);
+    config_clear(&c);
+}
+
+static void test_config_tls_needed_together(void **state)
+{
+    struct config_problems p;
+    struct config c;
+
+    (void)state;
+    expect_one(MIN_NODE "listen = 0.0.0.0:7443\n[tls]\nca = /ca\ncert = /c\n",
+               "t.ini: missing required key 'key' in [tls] (needed by [node] listen)");
+    expect_one(MIN_NODE "[tls]\ncert = /c\nkey = /k\n",
+               "t.ini: missing required key 'ca' in [tls] (needed by the other [tls] keys)");
+    assert_int_equal(parse(MIN_NODE "listen = 127.0.0.1:7443\n", &c, &p), ERROR_INVALID);
+    assert_int_equal(p.count, 3);
+    config_problems_free(&p);
+    config_clear(&c);
+    expect_ok(MIN_NODE "listen = 127.0.0.1:7443\n" TLS_KEYS, &c);
+    config_clear(&c);
+}
+
+static void test_config_admin_lists(void **state)
+{
+    struct config c;
+
+    (void)state;
+    expect_ok(MIN_NODE "[admin]\nsuper_admins = alice, ops-bot,carol@example.com\n"
+                       "operators =monitor\n",
+              &c);
+    assert_int_equal(c.admin.super_admins.n, 3);
+    assert_string_equal(c.admin.super_admins.ids[0], "alice");
+    assert_string_equal(c.admin.super_admins.ids[1], "ops-bot");
+    assert_string_equal(c.admin.super_admins.ids[2], "carol@example.com");
+    assert_int_equal(c.admin.operators.n, 1);
+    assert_string_equal(c.admin.operators.ids[0], "monitor");
+    assert_true(config_ids_has(&c.admin.super_admins, "ops-bot"));
+    assert_false(config_ids_has(&c.admin.super_admins, "monitor"));
+    config_clear(&c);
+
+    expect_one(MIN_NODE "[admin]\nsuper_admins = alice,\n",
+               "t.ini:5: invalid value 'alice,' for 'super_admins' in [admin]: an empty id in "
+               "the list (ids are separated by commas)");
+    expect_one(MIN_NODE "[admin]\nsuper_admins = alice,,bob\n",
+               "t.ini:5: invalid value 'alice,,bob' for 'super_admins' in [admin]: an empty id "
+               "in the list (ids are separated by commas)");
+    expect_one(MIN_NODE "[admin]\noperators = a b\n",
+               "t.ini:5: invalid value 'a b' for 'operators' in [admin]: 'a b' is not a "
+               "certificate id (1-253 printable characters, no blanks)");
+    expect_one(MIN_NODE "[admin]\noperators = x, y, x\n",
+               "t.ini:5: invalid value 'x, y, x' for 'operators' in [admin]: 'x' is listed "
+               "twice");
+    expect_one(MIN_NODE "[admin]\nsuper_admins = alice\noperators = bob, alice\n",
+               "t.ini:6: 'alice' is both in super_admins and in operators in [admin]");
+    expect_one(MIN_NODE "[admin]\nsuper_admins = primary\n",
+               "t.ini:5: 'primary' in [admin] super_admins is this node's id ([node] id): an "
+               "admin certificate needs an id of its own");
+    expect_one(MIN_NODE TLS_KEYS "[replica \"site-b\"]\naddress = 10.0.0.2:7443\n[admin]\n"
+                                 "operators = site-b\n",
+               "t.ini:11: 'site-b' in [admin] operators is a replica's id ([replica]): an admin "
+               "certificate needs an id of its own");
+    expect_one(MIN_NODE "[replication]\nprimary = boss\n[admin]\nsuper_admins = boss\n",
+               "t.ini:7: 'boss' in [admin] super_admins is the primary's id ([replication] "
+               "primary): an admin certificate needs an id of its own");
+}
+
+static void test_config_copy_is_deep(void **state)
+{
+    struct config a, b;
+
+    (void)state;
+    expect_ok(MIN_NODE TLS_KEYS "[replica \"site-b\"]\naddress = 10.0.0.2:7443\n[admin]\n"
+                                "super_admins = alice, bob\noperators = carol\n",
+              &a);
+    assert_int_equal(config_copy(&b, &a), 0);
+    config_clear(&a);
+    /* The copy stands alone (ASan would see a use after free). */
+    assert_int_equal(b.nreplicas, 1);
+    assert_string_equal(b.replicas[0].id, "site-b");
+    assert_string_equal(b.admin.super_admins.ids[1], "bob");
+    assert_string_equal(b.admin.operators.ids[0], "carol");
+    assert_string_equal(b.tls.key, "/etc/n.key");
+    config_clear(&b);
+    /* Clearing twice is harmless. */
+    config_clear(&b);
+}
+
+static void test_config_diff_replication_is_live(void **state)
+{
+    struct config a, b;
+    struct changes cs = {.n = 0};
+
+    (void)state;
+    expect_ok(MIN_NODE TLS_KEYS "[replica \"site-b\"]\naddress = 10.0.0.2:7443\n"
+                                "[replica \"site-c\"]\naddress = 10.0.0.3:7443\n",
+              &a);
+    expect_ok(MIN_NODE "[tls]\nca = /etc/ca2.pem\ncert = /etc/n.pem\nkey = /etc/n.key\n"
+                       "[replication]\njitter = 0\n[admin]\noperators = mon\n"
+                       "[replica \"site-c\"]\naddress = 10.0.0.33:7443\n"
+                       "[replica \"site-d\"]\naddress = 10.0.0.4:7443\n",
+              &b);
+    config_diff(&a, &b, on_change, &cs);
+    assert_int_equal(cs.n, 6);
+    assert_string_equal(cs.items[0].line, "[tls] ca: /etc/ca.pem -> /etc/ca2.pem");
+    assert_string_equal(cs.items[1].line, "[replication] jitter: 600s -> 0s");
+    assert_string_equal(cs.items[2].line, "[admin] operators:  -> mon");
+    assert_string_equal(cs.items[3].line, "[replica \"site-b\"] address: 10.0.0.2:7443 -> ");
+    assert_string_equal(cs.items[4].line,
+                        "[replica \"site-c\"] address: 10.0.0.3:7443 -> 10.0.0.33:7443");
+    assert_string_equal(cs.items[5].line, "[replica \"site-d\"] address:  -> 10.0.0.4:7443");
+    for (size_t i = 0; i < cs.n; i++)
+        assert_true(cs.items[i].live);
+    config_clear(&a);
+    config_clear(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -593,6 +851,13 @@ int main(void)
         cmocka_unit_test(test_config_load_missing_file),
         cmocka_unit_test(test_config_diff_and_format),
         cmocka_unit_test(test_config_problems_capped),
+        cmocka_unit_test(test_config_replication_defaults_and_keys),
+        cmocka_unit_test(test_config_replication_bad_values),
+        cmocka_unit_test(test_config_replica_sections),
+        cmocka_unit_test(test_config_tls_needed_together),
+        cmocka_unit_test(test_config_admin_lists),
+        cmocka_unit_test(test_config_copy_is_deep),
+        cmocka_unit_test(test_config_diff_replication_is_live),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
