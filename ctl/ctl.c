@@ -21,8 +21,8 @@ int ctl_store_open(struct ctl *ctl, bool create)
     if (ctl->store != NULL)
         return CTL_EXIT_OK;
     if (ctl->data_dir == NULL) {
-        ctl_errorf("no store given: use --data-dir DIR (or set SMTPSYNC_DATA_DIR); remote mode "
-                   "(--server) is not available yet");
+        ctl_errorf("no store given: use --data-dir DIR (or set SMTPSYNC_DATA_DIR), or "
+                   "--server HOST:PORT to go through a daemon");
         return CTL_EXIT_USAGE;
     }
     ctl_quote(ctl->data_dir, qdir, sizeof(qdir));
@@ -69,6 +69,18 @@ int ctl_store_open(struct ctl *ctl, bool create)
         ctl_errorf("cannot open store in %s: %s", qdir, error_str(err));
     }
     return CTL_EXIT_FAIL;
+}
+
+bool ctl_instance_ok(const char *id)
+{
+    char q[96];
+
+    if (settings_instance_valid(id))
+        return true;
+    ctl_errorf("--instance: invalid instance id '%s' (1-%d of A-Z a-z 0-9 . _ -, starting with "
+               "a letter or digit)",
+               ctl_quote(id, q, sizeof(q)), SETTINGS_INSTANCE_MAX);
+    return false;
 }
 
 int ctl_parse_revision(const char *what, const char *text, uint64_t head, const char *usage,

@@ -39,7 +39,23 @@ struct ctl {
     /* --socket or SMTPSYNC_SOCKET: the local daemon's submission socket;
      * NULL: CTL_SOCKET_DEFAULT. Used by send, sendmail and queue. */
     const char *socket;
+
+    /* Remote mode (ctl_remote.c): --server HOST:PORT with --ca, --cert and
+     * --key, each also from [ctl] of --config FILE or SMTPSYNC_CONFIG (the
+     * command line wins). NULL when not given. */
+    const char *server;
+    const char *ca;
+    const char *cert;
+    const char *key;
+    const char *config;        /* --config */
+    bool server_option;        /* --server was on the command line */
+    uint64_t timeout_ms;       /* --timeout: wait for a reply; 0: the verb's default */
+    struct ctl_remote *remote; /* the connection; owned, closed by main */
+    struct ctl_conf *conf;     /* values read from [ctl]; owned, freed by main */
 };
+
+struct ctl_remote;
+struct ctl_conf;
 
 #define CTL_SOCKET_DEFAULT "/run/smtpsync/submit.sock"
 
@@ -113,6 +129,9 @@ int ctl_usage(const char *usage);
 /* True if text is valid UTF-8 with nothing ctl_quote() would escape. */
 bool ctl_text_clean(const char *text);
 
+/* Checks an --instance value: a valid instance id. Prints the problem. */
+bool ctl_instance_ok(const char *id);
+
 /* Checks a --comment: printable UTF-8 of at most STORE_COMMENT_MAX
  * bytes. Prints the problem. */
 bool ctl_comment_ok(const char *comment);
@@ -135,15 +154,79 @@ int ctl_parse_u64(const char *text, uint64_t min, uint64_t max, uint64_t *out);
  */
 int ctl_getopt(int argc, char **argv, const char *optstring, const struct option *longopts);
 
-/* Verbs (ctl_settings.c, ctl_history.c, ctl_test.c, ctl_send.c, ctl_queue.c). */
+/* --- remote mode (ctl_remote.c) ------------------------------------------- */
+
+/* How long a reply may take (unless --timeout): most verbs, and those that
+ * wait for the network beyond the daemon (settings test, sync). */
+#define CTL_REPLY_TIMEOUT_MS      60000u
+#define CTL_REPLY_TIMEOUT_LONG_MS 600000u
+
+/*
+ * Reads [ctl] (server, ca, cert, key) of the file named by --config, else
+ * by SMTPSYNC_CONFIG, into ctl->conf, filling what the command line did
+ * not give. Other sections are ignored (the file may be a node's config);
+ * an unknown key in [ctl] is an error. Relative paths are taken from the
+ * file's directory. Then checks that remote mode has all it needs. Prints
+ * the problems; returns the exit status.
+ */
+int ctl_remote_setup(struct ctl *ctl);
+
+/* True when this run talks to a daemon (a server was given). */
+bool ctl_remote(const struct ctl *ctl);
+
+/*
+ * Sends `req` (its id is set here) and waits up to `timeout_ms` (0: the
+ * default, or --timeout) for its AdminReply, connecting first if this run
+ * has not yet. Transport failures (cannot connect, TLS refused, timeout,
+ * connection closed) are printed as one line and give CTL_EXIT_FAIL. On
+ * CTL_EXIT_OK *out is the reply, whatever its code; free it with
+ * smtpsync__admin_reply__free_unpacked(*out, NULL).
+ */
+int ctl_remote_call(struct ctl *ctl, Smtpsync__Frame *req, uint64_t timeout_ms,
+                    Smtpsync__AdminReply **out);
+
+/*
+ * ctl_remote_call(), then ctl_remote_fail() for a reply whose code is not
+ * 0: CTL_EXIT_OK only with a successful reply in *out (freed by the
+ * caller as above); every failure is printed.
+ */
+int ctl_remote_ask(struct ctl *ctl, Smtpsync__Frame *req, uint64_t timeout_ms, bool problems_all,
+                   Smtpsync__AdminReply **out);
+
+/*
+ * For a reply whose code is not 0: prints its problems as local mode does
+ * (what is wrong, then what is missing; with `all`, every problem alike,
+ * as save prints them), then its error line, and for a refusal the role
+ * it needs. Returns CTL_EXIT_FAIL.
+ */
+int ctl_remote_fail(const Smtpsync__AdminReply *r, bool all);
+
+/* The problems of a reply, as local mode keeps them. */
+void ctl_remote_problems(const Smtpsync__AdminReply *r, struct settings_problems *p);
+
+/* A record of a reply as a struct settings (initialised by the caller). */
+int ctl_remote_settings(const Smtpsync__Settings *m, struct settings *s);
+
+/* Closes the connection, if any (main does at the end). */
+void ctl_remote_close(struct ctl *ctl);
+void ctl_remote_free_conf(struct ctl *ctl);
+
+/* Verbs (ctl_settings.c, ctl_settings_edit.c, ctl_history.c, ctl_test.c,
+ * ctl_send.c, ctl_queue.c). */
 int ctl_settings_main(struct ctl *ctl, int argc, char **argv);
 int ctl_history_main(struct ctl *ctl, int argc, char **argv);
 int ctl_diff_main(struct ctl *ctl, int argc, char **argv);
 int ctl_rollback_main(struct ctl *ctl, int argc, char **argv);
 int ctl_settings_test(struct ctl *ctl, int argc, char **argv); /* settings test */
+int ctl_settings_set(struct ctl *ctl, int argc, char **argv);  /* ctl_settings_edit.c */
+int ctl_settings_import_cert(struct ctl *ctl, int argc, char **argv);
 int ctl_send_main(struct ctl *ctl, int argc, char **argv);
 int ctl_sendmail_main(struct ctl *ctl, int argc, char **argv);
 int ctl_queue_main(struct ctl *ctl, int argc, char **argv);
+/* ctl_status.c */
+int ctl_status_main(struct ctl *ctl, int argc, char **argv);
+int ctl_sync_main(struct ctl *ctl, int argc, char **argv);
+int ctl_promote_main(struct ctl *ctl, int argc, char **argv);
 
 /* Usage texts, also printed by `smtpsyncctl help VERB`. */
 extern const char ctl_settings_usage[];
@@ -159,5 +242,8 @@ extern const char ctl_settings_discard_usage[];
 extern const char ctl_history_usage[];
 extern const char ctl_diff_usage[];
 extern const char ctl_rollback_usage[];
+extern const char ctl_status_usage[];
+extern const char ctl_sync_usage[];
+extern const char ctl_promote_usage[];
 
 #endif

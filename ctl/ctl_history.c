@@ -1,5 +1,6 @@
 /*
- * ctl_history: the revision verbs, history, diff and rollback.
+ * ctl_history: the revision verbs, history, diff and rollback, on a local
+ * store or through a daemon; the rows are printed by the same code.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -154,6 +155,59 @@ static int history_row(const struct store_revision *r, void *arg)
     return history_text(r);
 }
 
+/* The rows of a reply, shown as local rows are. */
+static int history_remote(struct ctl *ctl, uint64_t limit, struct history_ctx *hc)
+{
+    Smtpsync__HistoryQuery m;
+    Smtpsync__Frame f;
+    Smtpsync__AdminReply *r = NULL;
+    int rc, err = 0;
+
+    smtpsync__history_query__init(&m);
+    m.limit = limit > UINT32_MAX ? UINT32_MAX : (uint32_t)limit;
+    smtpsync__frame__init(&f);
+    f.body_case = SMTPSYNC__FRAME__BODY_HISTORY_QUERY;
+    f.history_query = &m;
+    if ((rc = ctl_remote_ask(ctl, &f, 0, false, &r)) != CTL_EXIT_OK)
+        return rc;
+    for (size_t i = 0; i < r->n_history && err == 0; i++) {
+        const Smtpsync__Revision *h = r->history[i];
+        const char **ids = calloc(h->n_changes + 1, sizeof(*ids));
+        bool *deleted = calloc(h->n_changes + 1, sizeof(*deleted));
+        struct store_revision sr = {
+            .revision = h->revision,
+            .epoch = h->epoch,
+            .rollback_of = h->rollback_of,
+            .time_ms = h->time_ms,
+            .actor = h->actor,
+            .comment = h->comment,
+            .nchanges = h->n_changes,
+            .instances = ids,
+            .deleted = deleted,
+        };
+
+        if (ids == NULL || deleted == NULL) {
+            err = -ENOMEM;
+        } else {
+            for (size_t k = 0; k < h->n_changes; k++) {
+                ids[k] = h->changes[k]->instance;
+                deleted[k] = h->changes[k]->kind == SMTPSYNC__CHANGE_KIND__CHANGE_KIND_DELETE;
+            }
+            if (h->hash.len == STORE_HASH_LEN)
+                memcpy(sr.hash, h->hash.data, STORE_HASH_LEN);
+            err = history_row(&sr, hc);
+        }
+        free(ids);
+        free(deleted);
+    }
+    smtpsync__admin_reply__free_unpacked(r, NULL);
+    if (err < 0) {
+        ctl_errorf("cannot list the history: %s", error_str(err));
+        return CTL_EXIT_FAIL;
+    }
+    return CTL_EXIT_OK;
+}
+
 int ctl_history_main(struct ctl *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -190,14 +244,22 @@ int ctl_history_main(struct ctl *ctl, int argc, char **argv)
     if (optind < argc)
         return ctl_usage_error(ctl_history_usage, "history: unexpected argument '%s'",
                                ctl_quote(argv[optind], q, sizeof(q)));
-    if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
+    if (!ctl_remote(ctl) && (rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         return rc;
 
     if (ctl->json && (hc.rows = cJSON_CreateArray()) == NULL) {
         ctl_errorf("cannot list the history: %s", error_str(-ENOMEM));
         return CTL_EXIT_FAIL;
     }
-    err = store_history(ctl->store, (size_t)limit, history_row, &hc);
+    if (ctl_remote(ctl)) {
+        if ((rc = history_remote(ctl, limit, &hc)) != CTL_EXIT_OK) {
+            cJSON_Delete(hc.rows);
+            return rc;
+        }
+        err = 0;
+    } else {
+        err = store_history(ctl->store, (size_t)limit, history_row, &hc);
+    }
     if (err < 0) {
         cJSON_Delete(hc.rows);
         ctl_errorf("cannot list the history: %s", error_str(err));
@@ -246,6 +308,46 @@ static int diff_row(const struct store_diff *d, void *arg)
     return 0;
 }
 
+static int diff_finish(struct diff_ctx *dc, uint64_t from, uint64_t to)
+{
+    if (dc->rows != NULL)
+        return ctl_output_json_print(dc->rows) < 0 ? CTL_EXIT_FAIL : CTL_EXIT_OK;
+    if (dc->shown == 0)
+        printf("no differences between revision %" PRIu64 " and %" PRIu64 "\n", from, to);
+    return CTL_EXIT_OK;
+}
+
+static int diff_remote(struct ctl *ctl, uint64_t from, uint64_t to, struct diff_ctx *dc)
+{
+    Smtpsync__DiffQuery m;
+    Smtpsync__Frame f;
+    Smtpsync__AdminReply *r = NULL;
+    int rc, err = 0;
+
+    smtpsync__diff_query__init(&m);
+    m.from_revision = from;
+    m.to_revision = to;
+    smtpsync__frame__init(&f);
+    f.body_case = SMTPSYNC__FRAME__BODY_DIFF_QUERY;
+    f.diff_query = &m;
+    if ((rc = ctl_remote_ask(ctl, &f, 0, false, &r)) != CTL_EXIT_OK)
+        return rc;
+    if (ctl->json && (dc->rows = cJSON_CreateArray()) == NULL)
+        err = -ENOMEM;
+    for (size_t i = 0; r->diff != NULL && i < r->diff->n_diffs && err == 0; i++) {
+        const Smtpsync__FieldDiff *d = r->diff->diffs[i];
+        struct store_diff sd = {d->instance, d->field, d->old_value, d->new_value};
+        err = diff_row(&sd, dc);
+    }
+    smtpsync__admin_reply__free_unpacked(r, NULL);
+    if (err < 0) {
+        cJSON_Delete(dc->rows);
+        ctl_errorf("cannot compare revisions: %s", error_str(err));
+        return CTL_EXIT_FAIL;
+    }
+    return diff_finish(dc, from, to);
+}
+
 int ctl_diff_main(struct ctl *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -279,6 +381,8 @@ int ctl_diff_main(struct ctl *ctl, int argc, char **argv)
         return ctl_parse_revision("R1", argv[optind], UINT64_MAX, ctl_diff_usage, &from);
     if (ctl_parse_u64(argv[optind + 1], 1, UINT64_MAX, &to) < 0)
         return ctl_parse_revision("R2", argv[optind + 1], UINT64_MAX, ctl_diff_usage, &to);
+    if (ctl_remote(ctl))
+        return diff_remote(ctl, from, to, &dc);
     if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         return rc;
     if ((rc = ctl_parse_revision("R1", argv[optind], info.revision, ctl_diff_usage, &from)) != 0 ||
@@ -295,14 +399,47 @@ int ctl_diff_main(struct ctl *ctl, int argc, char **argv)
         ctl_revision_error("compare revisions", err, info.base_revision);
         return CTL_EXIT_FAIL;
     }
-    if (dc.rows != NULL)
-        return ctl_output_json_print(dc.rows) < 0 ? CTL_EXIT_FAIL : CTL_EXIT_OK;
-    if (dc.shown == 0)
-        printf("no differences between revision %" PRIu64 " and %" PRIu64 "\n", from, to);
-    return CTL_EXIT_OK;
+    return diff_finish(&dc, from, to);
 }
 
 /* --- rollback ------------------------------------------------------------- */
+
+static int print_rolled_back(struct ctl *ctl, uint64_t target, uint64_t revision)
+{
+    if (ctl->json) {
+        cJSON *doc = cJSON_CreateObject();
+        if (doc != NULL && (cJSON_AddNumberToObject(doc, "revision", (double)revision) == NULL ||
+                            cJSON_AddNumberToObject(doc, "rollback_of", (double)target) == NULL)) {
+            cJSON_Delete(doc);
+            doc = NULL;
+        }
+        return ctl_output_json_print(doc) < 0 ? CTL_EXIT_FAIL : CTL_EXIT_OK;
+    }
+    printf("rolled back to %" PRIu64 " as revision %" PRIu64 "\n", target, revision);
+    return CTL_EXIT_OK;
+}
+
+static int rollback_remote(struct ctl *ctl, uint64_t target, const char *comment,
+                           uint64_t *revision)
+{
+    Smtpsync__RollbackRequest m;
+    Smtpsync__Frame f;
+    Smtpsync__AdminReply *r = NULL;
+    int rc;
+
+    smtpsync__rollback_request__init(&m);
+    m.revision = target;
+    if (comment != NULL)
+        m.comment = (char *)(uintptr_t)comment;
+    smtpsync__frame__init(&f);
+    f.body_case = SMTPSYNC__FRAME__BODY_ROLLBACK;
+    f.rollback = &m;
+    if ((rc = ctl_remote_ask(ctl, &f, 0, false, &r)) != CTL_EXIT_OK)
+        return rc;
+    *revision = r->revision;
+    smtpsync__admin_reply__free_unpacked(r, NULL);
+    return CTL_EXIT_OK;
+}
 
 int ctl_rollback_main(struct ctl *ctl, int argc, char **argv)
 {
@@ -340,6 +477,11 @@ int ctl_rollback_main(struct ctl *ctl, int argc, char **argv)
         return ctl_parse_revision("R", argv[optind], UINT64_MAX, ctl_rollback_usage, &target);
     if (comment != NULL && !ctl_comment_ok(comment))
         return CTL_EXIT_USAGE;
+    if (ctl_remote(ctl)) {
+        if ((rc = rollback_remote(ctl, target, comment, &revision)) != CTL_EXIT_OK)
+            return rc;
+        return print_rolled_back(ctl, target, revision);
+    }
     if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         return rc;
     if ((rc = ctl_parse_revision("R", argv[optind], info.revision, ctl_rollback_usage, &target)) !=
@@ -358,15 +500,5 @@ int ctl_rollback_main(struct ctl *ctl, int argc, char **argv)
         ctl_revision_error("roll back", err, info.base_revision);
         return CTL_EXIT_FAIL;
     }
-    if (ctl->json) {
-        cJSON *doc = cJSON_CreateObject();
-        if (doc != NULL && (cJSON_AddNumberToObject(doc, "revision", (double)revision) == NULL ||
-                            cJSON_AddNumberToObject(doc, "rollback_of", (double)target) == NULL)) {
-            cJSON_Delete(doc);
-            doc = NULL;
-        }
-        return ctl_output_json_print(doc) < 0 ? CTL_EXIT_FAIL : CTL_EXIT_OK;
-    }
-    printf("rolled back to %" PRIu64 " as revision %" PRIu64 "\n", target, revision);
-    return CTL_EXIT_OK;
+    return print_rolled_back(ctl, target, revision);
 }

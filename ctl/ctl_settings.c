@@ -1,23 +1,21 @@
 /*
- * ctl_settings: the `settings` verbs (set, import-cert, show, save, discard)
- * on a local store.
+ * ctl_settings: the `settings` verbs show, save and discard, and the
+ * dispatch of every `settings` subcommand (set and import-cert are in
+ * ctl_settings_edit.c, test in ctl_test.c). On a local store or through a
+ * daemon (remote mode): each verb parses its options once, then either
+ * works on the store or sends one request, and prints the outcome with the
+ * same code either way.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
-#include <openssl/x509.h>
-
+#include "admin.h"
 #include "ctl.h"
 #include "ctl_output.h"
-#include "ctl_password.h"
 #include "error.h"
-#include "pem.h"
 #include "settings.h"
 #include "store.h"
 
@@ -34,54 +32,6 @@ const char ctl_settings_usage[] =
     "\n"
     "`smtpsyncctl settings SUBCOMMAND --help` describes each.\n";
 
-const char ctl_settings_set_usage[] =
-    "usage: smtpsyncctl [global options] settings set --instance ID [field options]\n"
-    "\n"
-    "Changes the draft of instance ID, which starts as a copy of its saved\n"
-    "settings (or empty). Every problem is reported at once; nothing is written\n"
-    "unless the only problems left are fields still to be filled in.\n"
-    "\n"
-    "  --instance ID                 instance (node) the settings are for (required)\n"
-    "  --hostname H                  mail server: DNS name or IP address\n"
-    "  --port P                      1-65535, or 'default' (25, 465 strict, 587 starttls)\n"
-    "  --from ADDR                   From address of every mail of the instance\n"
-    "  --logon | --no-logon          whether the server requires a logon\n"
-    "  --user U                      logon user id\n"
-    "  --password-file F             read the password from F: line 1 the password,\n"
-    "                                line 2 (optional) its confirmation, which must\n"
-    "                                match. F is a regular file of mode 0600 or a\n"
-    "                                pipe, e.g. --password-file <(pass show smtp)\n"
-    "  --password-stdin              read the same two lines from standard input; when\n"
-    "                                that is a terminal, ask as --password-prompt does\n"
-    "  --password-prompt             ask on the terminal, twice, with echo off\n"
-    "                                (with --logon, no password yet and none of these\n"
-    "                                options, a terminal on standard input is asked)\n"
-    "                                A file or stream of one line confirms itself: the\n"
-    "                                confirmation guards against typing mistakes, and\n"
-    "                                a file is not typed. The password is never\n"
-    "                                accepted as an argument.\n"
-    "  --smtps | --no-smtps          whether TLS is used (needs import-cert and --tls-mode)\n"
-    "  --tls-mode strict|starttls    implicit TLS, or upgrade with STARTTLS\n"
-    "  --test-address ADDR           where a test mail goes\n"
-    "  --starttls-fallback on|off    fall back to plaintext if STARTTLS fails (default off)\n"
-    "  --allow-plaintext-auth on|off allow AUTH without TLS (default off)\n"
-    "  --timeout-connect S, --timeout-greeting S, --timeout-command S,\n"
-    "  --timeout-mail S, --timeout-rcpt S, --timeout-data-init S,\n"
-    "  --timeout-data-block S, --timeout-data-term S\n"
-    "                                per-phase SMTP timeouts in seconds (0: default)\n"
-    "  --fallback-relays LIST        comma-separated host[:port] relays ('' for none)\n"
-    "  --help                        print this help\n";
-
-const char ctl_settings_import_usage[] =
-    "usage: smtpsyncctl [global options] settings import-cert --instance ID FILE\n"
-    "\n"
-    "Attaches the trusted certificate(s) in FILE (PEM; '-' reads standard input)\n"
-    "to the draft of instance ID, replacing any imported before. The server's\n"
-    "certificate must chain to it; a leaf must name the hostname.\n"
-    "\n"
-    "  --instance ID   instance the certificate is for (required)\n"
-    "  --help          print this help\n";
-
 const char ctl_settings_show_usage[] =
     "usage: smtpsyncctl [global options] settings show [--instance ID]... [--revision N]\n"
     "                   [--draft] [--json]\n"
@@ -97,14 +47,19 @@ const char ctl_settings_show_usage[] =
 
 const char ctl_settings_save_usage[] =
     "usage: smtpsyncctl [global options] settings save [--instance ID]... [--comment TEXT]\n"
+    "                   [--apply-to-replicas]\n"
     "\n"
     "Saves drafts (all of them, or those named) as one new revision, after\n"
     "checking each fully. Prints \"saved revision N\".\n"
     "\n"
-    "  --instance ID   save only this instance's draft (may be repeated)\n"
-    "  --comment TEXT  why, recorded in the history\n"
-    "  --json          print {\"revision\": N}\n"
-    "  --help          print this help\n";
+    "  --instance ID        save only this instance's draft (may be repeated)\n"
+    "  --comment TEXT       why, recorded in the history\n"
+    "  --apply-to-replicas  also copy the primary instance's settings (its draft, else\n"
+    "                       its saved ones; password and certificate included) to\n"
+    "                       every replica instance of the membership, in the same\n"
+    "                       revision\n"
+    "  --json               print {\"revision\": N}\n"
+    "  --help               print this help\n";
 
 const char ctl_settings_discard_usage[] =
     "usage: smtpsyncctl [global options] settings discard [--instance ID]\n"
@@ -120,22 +75,9 @@ struct names {
     size_t n;
 };
 
-/* Checks an --instance value; prints the problem. */
-static bool instance_ok(const char *id)
-{
-    char q[96];
-
-    if (settings_instance_valid(id))
-        return true;
-    ctl_errorf("--instance: invalid instance id '%s' (1-%d of A-Z a-z 0-9 . _ -, starting with "
-               "a letter or digit)",
-               ctl_quote(id, q, sizeof(q)), SETTINGS_INSTANCE_MAX);
-    return false;
-}
-
 static int names_add(struct names *names, const char *id, int argc)
 {
-    if (!instance_ok(id))
+    if (!ctl_instance_ok(id))
         return ERROR_INVALID;
     if (names->ids == NULL) {
         names->ids = calloc((size_t)argc, sizeof(*names->ids));
@@ -152,423 +94,15 @@ static int names_add(struct names *names, const char *id, int argc)
     return 0;
 }
 
-/*
- * Loads what a change to `instance` starts from: its draft, else its saved
- * record, else an empty record. Read with STORE_UNSEAL so that a stored
- * password survives being put back as a draft.
- */
-static int load_base(struct ctl *ctl, const char *instance, struct settings *s)
-{
-    char q[96];
-    int err;
-
-    err = store_draft_get(ctl->store, instance, STORE_UNSEAL, s);
-    if (err == ERROR_NOT_FOUND)
-        err = store_get(ctl->store, instance, 0, STORE_UNSEAL, s);
-    if (err == ERROR_NOT_FOUND) {
-        settings_clear(s);
-        settings_init(s);
-        snprintf(s->instance, sizeof(s->instance), "%s", instance);
-        return 0;
-    }
-    if (err < 0)
-        ctl_errorf("cannot read the settings of instance %s: %s%s",
-                   ctl_quote(instance, q, sizeof(q)), error_str(err),
-                   err == ERROR_TAMPERED ? " (is this the node key the store was written with? "
-                                           "see --key-file)"
-                                         : "");
-    return err;
-}
-
-/*
- * The end of set and import-cert: validate, and store the draft unless a
- * problem other than a missing value remains. Prints "<done> <instance>";
- * the caller then prints what is still needed (ctl_output_problems). On
- * failure it prints every problem, the missing values too. Returns the
- * exit status.
- */
-static int check_and_put(struct ctl *ctl, struct settings *s, const char *confirm,
-                         struct settings_problems *problems, const char *done)
-{
-    int err;
-
-    (void)settings_validate(s, confirm, time(NULL), problems);
-    if (!settings_problems_only_incomplete(problems)) {
-        /* Every problem at once: what is wrong, then what is missing. */
-        ctl_output_problems(problems, false);
-        ctl_output_problems(problems, true);
-        ctl_errorf("nothing was written: the draft of instance %s was left as it was", s->instance);
-        return CTL_EXIT_FAIL;
-    }
-    err = store_draft_put(ctl->store, s);
-    if (err < 0) {
-        ctl_errorf("cannot store the draft of instance %s: %s", s->instance, error_str(err));
-        return CTL_EXIT_FAIL;
-    }
-    printf("%s %s\n", done, s->instance);
-    return CTL_EXIT_OK;
-}
-
-/* --- settings set --------------------------------------------------------- */
-
-/* Options of `settings set` that set one field; `value` is fixed for the
- * flag pairs (--logon / --no-logon), else the option takes the value. */
-struct set_flag {
-    const char *name;
-    enum settings_field field;
-    const char *value;
-};
-
-static const struct set_flag set_flags[] = {
-    {"hostname", SETTINGS_F_HOSTNAME, NULL},
-    {"port", SETTINGS_F_PORT, NULL},
-    {"from", SETTINGS_F_FROM_ADDRESS, NULL},
-    {"logon", SETTINGS_F_LOGON_REQUIRED, "on"},
-    {"no-logon", SETTINGS_F_LOGON_REQUIRED, "off"},
-    {"user", SETTINGS_F_USER_ID, NULL},
-    {"smtps", SETTINGS_F_SMTPS_ENABLED, "on"},
-    {"no-smtps", SETTINGS_F_SMTPS_ENABLED, "off"},
-    {"tls-mode", SETTINGS_F_TLS_MODE, NULL},
-    {"test-address", SETTINGS_F_TEST_ADDRESS, NULL},
-    {"starttls-fallback", SETTINGS_F_STARTTLS_FALLBACK, NULL},
-    {"allow-plaintext-auth", SETTINGS_F_ALLOW_PLAINTEXT_AUTH, NULL},
-    {"timeout-connect", SETTINGS_F_TIMEOUT_CONNECT, NULL},
-    {"timeout-greeting", SETTINGS_F_TIMEOUT_GREETING, NULL},
-    {"timeout-command", SETTINGS_F_TIMEOUT_COMMAND, NULL},
-    {"timeout-mail", SETTINGS_F_TIMEOUT_MAIL, NULL},
-    {"timeout-rcpt", SETTINGS_F_TIMEOUT_RCPT, NULL},
-    {"timeout-data-init", SETTINGS_F_TIMEOUT_DATA_INIT, NULL},
-    {"timeout-data-block", SETTINGS_F_TIMEOUT_DATA_BLOCK, NULL},
-    {"timeout-data-term", SETTINGS_F_TIMEOUT_DATA_TERM, NULL},
-    {"fallback-relays", SETTINGS_F_FALLBACK_RELAYS, NULL},
-};
-
-#define N_SET_FLAGS (sizeof(set_flags) / sizeof(set_flags[0]))
-
 enum {
     OPT_HELP = 'h',
     OPT_INSTANCE = 256,
-    OPT_PASSWORD_FILE,
-    OPT_PASSWORD_STDIN,
-    OPT_PASSWORD_PROMPT,
     OPT_REVISION,
     OPT_DRAFT,
     OPT_JSON,
     OPT_COMMENT,
-    OPT_FIELD = 512, /* OPT_FIELD + index into set_flags */
+    OPT_APPLY,
 };
-
-/* One field change in command-line order. */
-struct set_change {
-    enum settings_field field;
-    const char *value;
-};
-
-static int settings_set(struct ctl *ctl, int argc, char **argv)
-{
-    struct option opts[N_SET_FLAGS + 6];
-    struct set_change *changes = NULL;
-    size_t nchanges = 0;
-    const char *instance = NULL, *password_file = NULL;
-    bool password_stdin = false, password_prompt = false, logon_flag = false;
-    struct ctl_password pw = {NULL, NULL};
-    struct settings s;
-    struct settings_problems problems = {.count = 0, .dropped = 0};
-    int c, rc = CTL_EXIT_FAIL;
-
-    for (size_t i = 0; i < N_SET_FLAGS; i++)
-        opts[i] = (struct option){set_flags[i].name,
-                                  set_flags[i].value == NULL ? required_argument : no_argument,
-                                  NULL, OPT_FIELD + (int)i};
-    opts[N_SET_FLAGS] = (struct option){"instance", required_argument, NULL, OPT_INSTANCE};
-    opts[N_SET_FLAGS + 1] =
-        (struct option){"password-file", required_argument, NULL, OPT_PASSWORD_FILE};
-    opts[N_SET_FLAGS + 2] =
-        (struct option){"password-stdin", no_argument, NULL, OPT_PASSWORD_STDIN};
-    opts[N_SET_FLAGS + 3] =
-        (struct option){"password-prompt", no_argument, NULL, OPT_PASSWORD_PROMPT};
-    opts[N_SET_FLAGS + 4] = (struct option){"help", no_argument, NULL, OPT_HELP};
-    opts[N_SET_FLAGS + 5] = (struct option){NULL, 0, NULL, 0};
-
-    changes = calloc((size_t)argc, sizeof(*changes));
-    if (changes == NULL) {
-        ctl_errorf("%s", strerror(ENOMEM));
-        return CTL_EXIT_FAIL;
-    }
-    /* '-': operands come back in place (as 1), unpermuted, so a stray one
-     * can be named by its position. Its text is never shown: it may be
-     * the password, typed where it does not belong. */
-    optind = 0;
-    while ((c = ctl_getopt(argc, argv, "-:h", opts)) != -1) {
-        switch (c) {
-        case 1:
-            rc = ctl_usage_error(ctl_settings_set_usage,
-                                 "settings set: unexpected argument (#%d on the command line; "
-                                 "every value belongs to an option)",
-                                 ctl->argi + optind - 1);
-            goto free_changes;
-        case OPT_HELP:
-            fputs(ctl_settings_set_usage, stdout);
-            rc = CTL_EXIT_OK;
-            goto free_changes;
-        case OPT_INSTANCE:
-            instance = optarg;
-            break;
-        case OPT_PASSWORD_FILE:
-            password_file = optarg;
-            break;
-        case OPT_PASSWORD_STDIN:
-            password_stdin = true;
-            break;
-        case OPT_PASSWORD_PROMPT:
-            password_prompt = true;
-            break;
-        default:
-            if (c >= OPT_FIELD && c < OPT_FIELD + (int)N_SET_FLAGS) {
-                const struct set_flag *f = &set_flags[c - OPT_FIELD];
-                changes[nchanges].field = f->field;
-                changes[nchanges].value = f->value != NULL ? f->value : optarg;
-                if (f->field == SETTINGS_F_LOGON_REQUIRED && strcmp(f->value, "on") == 0)
-                    logon_flag = true;
-                nchanges++;
-                break;
-            }
-            rc = ctl_usage(ctl_settings_set_usage);
-            goto free_changes;
-        }
-    }
-    if (optind < argc) { /* after "--" */
-        rc = ctl_usage_error(ctl_settings_set_usage,
-                             "settings set: unexpected argument (#%d on the command line; "
-                             "every value belongs to an option)",
-                             ctl->argi + optind);
-        goto free_changes;
-    }
-    if (instance == NULL) {
-        rc = ctl_usage_error(ctl_settings_set_usage, "settings set: --instance ID is required");
-        goto free_changes;
-    }
-    if ((password_file != NULL) + password_stdin + password_prompt > 1) {
-        rc = ctl_usage_error(ctl_settings_set_usage,
-                             "settings set: give only one of --password-file, --password-stdin "
-                             "and --password-prompt");
-        goto free_changes;
-    }
-    if (!instance_ok(instance)) {
-        rc = CTL_EXIT_USAGE;
-        goto free_changes;
-    }
-
-    /* The password is read before the store is touched, so a bad file
-     * leaves no trace. */
-    if (password_file != NULL && ctl_password_from_file(password_file, &pw) < 0)
-        goto free_changes;
-    if (password_stdin && ctl_password_from_stdin(&pw) < 0)
-        goto free_changes;
-    if (password_prompt) {
-        int err = ctl_password_prompt(&pw);
-        if (err == -ENXIO)
-            ctl_errorf("--password-prompt: there is no terminal to ask on (/dev/tty); use "
-                       "--password-file or --password-stdin");
-        if (err < 0)
-            goto free_changes;
-    }
-
-    if ((rc = ctl_store_open(ctl, true)) != CTL_EXIT_OK)
-        goto wipe_password;
-    rc = CTL_EXIT_FAIL;
-    settings_init(&s);
-    if (load_base(ctl, instance, &s) < 0)
-        goto clear_settings;
-
-    for (size_t i = 0; i < nchanges; i++)
-        (void)settings_set_field(&s, changes[i].field, changes[i].value, &problems);
-
-    /* Ask only when a logon was just requested, no password exists and a
-     * person is there to answer. */
-    if (pw.password == NULL && logon_flag && !s.password_set && isatty(STDIN_FILENO)) {
-        int err = ctl_password_prompt(&pw);
-        if (err < 0 && err != -ENXIO)
-            goto clear_settings;
-    }
-    if (pw.password != NULL) {
-        int err = settings_set_password(&s, pw.password);
-        if (err < 0) {
-            ctl_errorf("cannot set the password: %s", error_str(err));
-            goto clear_settings;
-        }
-    }
-    /* A source with one line has no separate confirmation: the password
-     * confirms itself. */
-    const char *confirm = pw.confirm != NULL ? pw.confirm : pw.password;
-    rc = check_and_put(ctl, &s, confirm, &problems, "draft saved for instance");
-    if (rc == CTL_EXIT_OK)
-        ctl_output_problems(&problems, true);
-
-clear_settings:
-    settings_clear(&s);
-wipe_password:
-    ctl_password_wipe(&pw);
-free_changes:
-    free(changes);
-    return rc;
-}
-
-/* --- settings import-cert ------------------------------------------------- */
-
-/* Reads FILE ("-": stdin) whole, refusing more than SETTINGS_PEM_MAX bytes
- * rather than cutting it. *out is owned by the caller. */
-static int read_pem(const char *path, char **out, size_t *len)
-{
-    char q[256];
-    size_t cap = SETTINGS_PEM_MAX + 1, n = 0;
-    bool is_stdin = strcmp(path, "-") == 0, fifo = false;
-    struct stat st;
-    char *buf;
-    int fd, err = 0;
-
-    ctl_quote(is_stdin ? "standard input" : path, q, sizeof(q));
-    fd = is_stdin ? STDIN_FILENO : ctl_open_input(path, q, &st);
-    if (fd < 0)
-        return fd;
-    if (!is_stdin)
-        fifo = S_ISFIFO(st.st_mode);
-    buf = malloc(cap + 1);
-    if (buf == NULL) {
-        err = -ENOMEM;
-        ctl_errorf("cannot read %s: %s", q, error_str(err));
-        goto close_fd;
-    }
-    while (n < cap) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            err = -errno;
-            ctl_errorf("cannot read %s: %s", q, error_str(err));
-            goto free_buf;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    if (n > SETTINGS_PEM_MAX) {
-        ctl_errorf("%s: larger than %d bytes; a certificate bundle must be smaller", q,
-                   SETTINGS_PEM_MAX);
-        err = ERROR_TOO_BIG;
-        goto free_buf;
-    }
-    if (n == 0) {
-        ctl_errorf("%s: empty; expected PEM certificates (-----BEGIN CERTIFICATE-----)%s", q,
-                   fifo ? " (a pipe nothing wrote to?)" : "");
-        err = ERROR_INVALID;
-        goto free_buf;
-    }
-    if (memchr(buf, '\0', n) != NULL) {
-        ctl_errorf("%s: contains NUL bytes; expected PEM text", q);
-        err = ERROR_INVALID;
-        goto free_buf;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    buf = NULL;
-free_buf:
-    free(buf);
-close_fd:
-    if (!is_stdin)
-        close(fd);
-    return err;
-}
-
-/* Lists the certificates just imported, one per line. */
-static void print_cert_summary(const struct settings *s)
-{
-    char line[2048], subject[512], when[CTL_TIME_LEN], why[256];
-    STACK_OF(X509) *certs = NULL;
-
-    if (settings_field_format(s, SETTINGS_F_TRUST_CERTIFICATE, line, sizeof(line)) >= 0) {
-        fputs("  ", stdout);
-        ctl_fputs_safe(line, stdout);
-        fputc('\n', stdout);
-    }
-    if (pem_read_certs(s->trust_certificate, strlen(s->trust_certificate), &certs, why,
-                       sizeof(why)) < 0)
-        return;
-    for (int i = 0; i < sk_X509_num(certs); i++) {
-        X509 *x = sk_X509_value(certs, i);
-        pem_subject(x, subject, sizeof(subject));
-        fprintf(stdout, "  certificate %d: ", i + 1);
-        ctl_fputs_safe(subject, stdout);
-        fprintf(stdout, ", expires %s\n", ctl_output_time_t(pem_not_after(x), when, sizeof(when)));
-    }
-    sk_X509_pop_free(certs, X509_free);
-}
-
-static int settings_import_cert(struct ctl *ctl, int argc, char **argv)
-{
-    static const struct option opts[] = {
-        {"instance", required_argument, NULL, OPT_INSTANCE},
-        {"help", no_argument, NULL, OPT_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    const char *instance = NULL;
-    struct settings s;
-    struct settings_problems problems = {.count = 0, .dropped = 0};
-    char *pem = NULL;
-    size_t len = 0;
-    int c, err, rc = CTL_EXIT_FAIL;
-
-    optind = 0;
-    /* "-" alone is the file name for standard input, not an option. */
-    while ((c = ctl_getopt(argc, argv, ":h", opts)) != -1) {
-        switch (c) {
-        case OPT_HELP:
-            fputs(ctl_settings_import_usage, stdout);
-            return CTL_EXIT_OK;
-        case OPT_INSTANCE:
-            instance = optarg;
-            break;
-        default:
-            return ctl_usage(ctl_settings_import_usage);
-        }
-    }
-    if (instance == NULL)
-        return ctl_usage_error(ctl_settings_import_usage,
-                               "settings import-cert: --instance ID is required");
-    if (argc - optind != 1)
-        return ctl_usage_error(ctl_settings_import_usage,
-                               "settings import-cert: give exactly one FILE ('-' for standard "
-                               "input)");
-    if (!instance_ok(instance))
-        return CTL_EXIT_USAGE;
-    if (read_pem(argv[optind], &pem, &len) < 0)
-        return CTL_EXIT_FAIL;
-    if ((rc = ctl_store_open(ctl, true)) != CTL_EXIT_OK)
-        goto free_pem;
-    rc = CTL_EXIT_FAIL;
-
-    settings_init(&s);
-    if (load_base(ctl, instance, &s) < 0)
-        goto clear_settings;
-    err = settings_set_certificate(&s, pem, len, &problems);
-    if (err < 0 && err != ERROR_INVALID) {
-        ctl_errorf("cannot attach the certificate: %s", error_str(err));
-        goto clear_settings;
-    }
-    rc =
-        check_and_put(ctl, &s, NULL, &problems, "certificate imported into the draft for instance");
-    if (rc == CTL_EXIT_OK) {
-        print_cert_summary(&s);
-        ctl_output_problems(&problems, true);
-    }
-
-clear_settings:
-    settings_clear(&s);
-free_pem:
-    free(pem);
-    return rc;
-}
 
 /* --- settings show -------------------------------------------------------- */
 
@@ -603,6 +137,98 @@ static int show_one(const struct settings *s, void *arg)
     }
     sc->shown++;
     return 0;
+}
+
+/* The end of show: the JSON document (taken) or the text for nothing
+ * shown. `revision` was asked for (0: now), `shown_rev` is what was shown. */
+static int show_finish(struct show_ctx *sc, cJSON *doc, uint64_t revision, uint64_t shown_rev)
+{
+    if (doc != NULL) {
+        if (!cJSON_AddItemToObject(doc, "revision",
+                                   sc->draft || shown_rev == 0
+                                       ? cJSON_CreateNull()
+                                       : cJSON_CreateNumber((double)shown_rev)) ||
+            !cJSON_AddBoolToObject(doc, "draft", sc->draft)) {
+            cJSON_Delete(doc);
+            ctl_errorf("cannot show the settings: %s", error_str(-ENOMEM));
+            return CTL_EXIT_FAIL;
+        }
+        return ctl_output_json_print(doc) < 0 ? CTL_EXIT_FAIL : CTL_EXIT_OK;
+    }
+    if (sc->shown == 0)
+        puts(sc->draft       ? "no drafts"
+             : revision != 0 ? "no settings at that revision"
+                             : "no settings saved yet");
+    return CTL_EXIT_OK;
+}
+
+/* The JSON document of show, with its "instances" object in sc; NULL when
+ * out of memory (printed). */
+static cJSON *show_doc(struct show_ctx *sc)
+{
+    cJSON *doc = cJSON_CreateObject();
+
+    sc->instances = cJSON_CreateObject();
+    if (doc == NULL || sc->instances == NULL ||
+        !cJSON_AddItemToObject(doc, "instances", sc->instances)) {
+        cJSON_Delete(sc->instances);
+        cJSON_Delete(doc);
+        sc->instances = NULL;
+        ctl_errorf("cannot show the settings: %s", error_str(-ENOMEM));
+        return NULL;
+    }
+    return doc;
+}
+
+/* settings show through a daemon: one request per instance named (or one
+ * for all), each record printed as local mode prints it. */
+static int show_remote(struct ctl *ctl, const struct names *names, struct show_ctx *sc,
+                       uint64_t revision)
+{
+    size_t n = names->n > 0 ? names->n : 1;
+    uint64_t shown_rev = 0;
+    cJSON *doc = NULL;
+    int rc = CTL_EXIT_FAIL;
+
+    if (ctl->json && (doc = show_doc(sc)) == NULL)
+        return CTL_EXIT_FAIL;
+    for (size_t i = 0; i < n; i++) {
+        Smtpsync__SettingsShow m;
+        Smtpsync__Frame f;
+        Smtpsync__AdminReply *r = NULL;
+
+        smtpsync__settings_show__init(&m);
+        if (names->n > 0)
+            m.instance = (char *)(uintptr_t)names->ids[i];
+        m.revision = revision;
+        m.draft = sc->draft;
+        smtpsync__frame__init(&f);
+        f.body_case = SMTPSYNC__FRAME__BODY_SETTINGS_SHOW;
+        f.settings_show = &m;
+        if (ctl_remote_ask(ctl, &f, 0, false, &r) != CTL_EXIT_OK)
+            goto free_doc;
+        shown_rev = r->revision;
+        for (size_t k = 0; k < r->n_settings; k++) {
+            struct settings s;
+            int err;
+
+            settings_init(&s);
+            err = ctl_remote_settings(r->settings[k], &s);
+            if (err == 0 && (err = show_one(&s, sc)) < 0)
+                ctl_errorf("cannot show the settings: %s", error_str(err));
+            settings_clear(&s);
+            if (err < 0) {
+                smtpsync__admin_reply__free_unpacked(r, NULL);
+                goto free_doc;
+            }
+        }
+        smtpsync__admin_reply__free_unpacked(r, NULL);
+    }
+    rc = show_finish(sc, doc, revision, shown_rev);
+    doc = NULL;
+free_doc:
+    cJSON_Delete(doc);
+    return rc;
 }
 
 static int settings_show(struct ctl *ctl, int argc, char **argv)
@@ -665,6 +291,10 @@ static int settings_show(struct ctl *ctl, int argc, char **argv)
         (rc = ctl_parse_revision("--revision", revision_arg, UINT64_MAX, ctl_settings_show_usage,
                                  &revision)) != CTL_EXIT_OK)
         goto free_names;
+    if (ctl_remote(ctl)) {
+        rc = show_remote(ctl, &names, &sc, revision);
+        goto free_names;
+    }
     if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         goto free_names;
     if (revision_arg != NULL &&
@@ -673,16 +303,8 @@ static int settings_show(struct ctl *ctl, int argc, char **argv)
         goto free_names;
     rc = CTL_EXIT_FAIL;
 
-    if (ctl->json) {
-        doc = cJSON_CreateObject();
-        sc.instances = cJSON_CreateObject();
-        if (doc == NULL || sc.instances == NULL ||
-            !cJSON_AddItemToObject(doc, "instances", sc.instances)) {
-            cJSON_Delete(sc.instances);
-            err = -ENOMEM;
-            goto render_error;
-        }
-    }
+    if (ctl->json && (doc = show_doc(&sc)) == NULL)
+        goto free_names;
 
     if (names.n > 0) {
         for (size_t i = 0; i < names.n; i++) {
@@ -713,26 +335,9 @@ static int settings_show(struct ctl *ctl, int argc, char **argv)
             goto render_error;
     }
 
-    if (doc != NULL) {
-        uint64_t shown_rev = revision != 0 ? revision : info.revision;
-        if (!cJSON_AddItemToObject(doc, "revision",
-                                   sc.draft || shown_rev == 0
-                                       ? cJSON_CreateNull()
-                                       : cJSON_CreateNumber((double)shown_rev)) ||
-            !cJSON_AddBoolToObject(doc, "draft", sc.draft)) {
-            err = -ENOMEM;
-            goto render_error;
-        }
-        rc = ctl_output_json_print(doc) < 0 ? CTL_EXIT_FAIL : CTL_EXIT_OK;
-        doc = NULL;
-        goto free_names;
-    }
-    if (sc.shown == 0)
-        puts(sc.draft        ? "no drafts"
-             : revision != 0 ? "no settings at that revision"
-                             : "no settings saved yet");
-    rc = CTL_EXIT_OK;
-    goto free_doc;
+    rc = show_finish(&sc, doc, revision, revision != 0 ? revision : info.revision);
+    doc = NULL;
+    goto free_names;
 
 render_error:
     ctl_revision_error("show the settings", err, info.base_revision);
@@ -745,11 +350,117 @@ free_names:
 
 /* --- settings save -------------------------------------------------------- */
 
+/* Prints "saved revision N" or its JSON. */
+static int print_saved(struct ctl *ctl, uint64_t revision)
+{
+    if (ctl->json) {
+        cJSON *doc = cJSON_CreateObject();
+        if (doc == NULL || cJSON_AddNumberToObject(doc, "revision", (double)revision) == NULL) {
+            cJSON_Delete(doc);
+            doc = NULL;
+        }
+        return ctl_output_json_print(doc) < 0 ? CTL_EXIT_FAIL : CTL_EXIT_OK;
+    }
+    printf("saved revision %" PRIu64 "\n", revision);
+    return CTL_EXIT_OK;
+}
+
+/* The hooks of a local run of the admin module: this store is edited as
+ * the primary's, whose id the membership names. */
+static bool local_is_primary(void *arg)
+{
+    (void)arg;
+    return true;
+}
+
+static void local_reply(void *arg, const Smtpsync__AdminReply *reply)
+{
+    Smtpsync__AdminReply **out = arg;
+    size_t len = smtpsync__admin_reply__get_packed_size(reply);
+    uint8_t *buf = malloc(len + 1);
+
+    if (buf == NULL)
+        return;
+    smtpsync__admin_reply__pack(reply, buf);
+    *out = smtpsync__admin_reply__unpack(NULL, len, buf);
+    free(buf);
+}
+
+/*
+ * settings save --apply-to-replicas on a local store: the admin module
+ * does it (as the daemon would), with the primary's id from the
+ * membership. *out as for a remote call.
+ */
+static int save_local_apply(struct ctl *ctl, Smtpsync__Frame *f, Smtpsync__AdminReply **out)
+{
+    char actor[STORE_ACTOR_MAX + 1], primary[SETTINGS_INSTANCE_MAX + 1] = "";
+    Smtpsync__Membership *mb = NULL;
+    int err;
+
+    *out = NULL;
+    err = store_repl_membership(ctl->store, &mb);
+    if (err < 0) {
+        ctl_errorf("cannot read the membership: %s", error_str(err));
+        return CTL_EXIT_FAIL;
+    }
+    for (size_t i = 0; i < mb->n_members; i++)
+        if (mb->members[i]->role == SMTPSYNC__ROLE__ROLE_PRIMARY)
+            snprintf(primary, sizeof(primary), "%s", mb->members[i]->node);
+    smtpsync__membership__free_unpacked(mb, NULL);
+    if (primary[0] == '\0') {
+        ctl_errorf("--apply-to-replicas: this store's membership names no primary (it is "
+                   "written by smtpsync-primary; or use --server)");
+        return CTL_EXIT_FAIL;
+    }
+    struct admin_hooks hooks = {.arg = NULL, .node_id = primary, .is_primary = local_is_primary};
+    store_local_actor(actor, sizeof(actor));
+    admin_handle(ctl->store, &hooks, ADMIN_ROLE_SUPER_ADMIN, actor, f, local_reply, out);
+    if (*out == NULL) {
+        ctl_errorf("cannot save: %s", error_str(-ENOMEM));
+        return CTL_EXIT_FAIL;
+    }
+    return CTL_EXIT_OK;
+}
+
+/* settings save through a daemon, or --apply-to-replicas locally. */
+static int save_admin(struct ctl *ctl, const struct names *names, const char *comment, bool apply)
+{
+    Smtpsync__SettingsSave m;
+    Smtpsync__Frame f;
+    Smtpsync__AdminReply *r = NULL;
+    int rc;
+
+    smtpsync__settings_save__init(&m);
+    m.instances = (char **)(uintptr_t)names->ids;
+    m.n_instances = names->n;
+    m.comment = (char *)(uintptr_t)(comment != NULL ? comment : "");
+    m.apply_to_replicas = apply;
+    smtpsync__frame__init(&f);
+    f.body_case = SMTPSYNC__FRAME__BODY_SETTINGS_SAVE;
+    f.settings_save = &m;
+    if (ctl_remote(ctl)) {
+        rc = ctl_remote_ask(ctl, &f, 0, true, &r);
+    } else {
+        rc = save_local_apply(ctl, &f, &r);
+        if (rc == CTL_EXIT_OK && r->code != 0) {
+            rc = ctl_remote_fail(r, true);
+            smtpsync__admin_reply__free_unpacked(r, NULL);
+            r = NULL;
+        }
+    }
+    if (rc != CTL_EXIT_OK)
+        return rc;
+    rc = print_saved(ctl, r->revision);
+    smtpsync__admin_reply__free_unpacked(r, NULL);
+    return rc;
+}
+
 static int settings_save(struct ctl *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {
         {"instance", required_argument, NULL, OPT_INSTANCE},
         {"comment", required_argument, NULL, OPT_COMMENT},
+        {"apply-to-replicas", no_argument, NULL, OPT_APPLY},
         {"json", no_argument, NULL, OPT_JSON},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
@@ -759,7 +470,7 @@ static int settings_save(struct ctl *ctl, int argc, char **argv)
     const char *comment = NULL;
     char actor[STORE_ACTOR_MAX + 1], q[96];
     uint64_t revision = 0;
-    bool missing = false;
+    bool missing = false, apply = false;
     int c, err, rc = CTL_EXIT_FAIL;
 
     optind = 0;
@@ -778,6 +489,9 @@ static int settings_save(struct ctl *ctl, int argc, char **argv)
         case OPT_COMMENT:
             comment = optarg;
             break;
+        case OPT_APPLY:
+            apply = true;
+            break;
         case OPT_JSON:
             ctl->json = true;
             break;
@@ -793,6 +507,12 @@ static int settings_save(struct ctl *ctl, int argc, char **argv)
     }
     if (comment != NULL && !ctl_comment_ok(comment)) {
         rc = CTL_EXIT_USAGE;
+        goto free_names;
+    }
+    if (ctl_remote(ctl) || apply) {
+        if (!ctl_remote(ctl) && (rc = ctl_store_open(ctl, false)) != CTL_EXIT_OK)
+            goto free_names;
+        rc = save_admin(ctl, &names, comment, apply);
         goto free_names;
     }
     if ((rc = ctl_store_open(ctl, false)) != CTL_EXIT_OK)
@@ -834,18 +554,7 @@ static int settings_save(struct ctl *ctl, int argc, char **argv)
         ctl_errorf("cannot save: %s", error_str(err));
         goto free_names;
     }
-    if (ctl->json) {
-        cJSON *doc = cJSON_CreateObject();
-        if (doc == NULL || cJSON_AddNumberToObject(doc, "revision", (double)revision) == NULL) {
-            cJSON_Delete(doc);
-            doc = NULL;
-        }
-        if (ctl_output_json_print(doc) < 0)
-            goto free_names;
-    } else {
-        printf("saved revision %" PRIu64 "\n", revision);
-    }
-    rc = CTL_EXIT_OK;
+    rc = print_saved(ctl, revision);
 
 free_names:
     free(names.ids);
@@ -853,6 +562,39 @@ free_names:
 }
 
 /* --- settings discard ----------------------------------------------------- */
+
+static void print_discarded(const char *instance, size_t n)
+{
+    if (instance != NULL)
+        printf("discarded the draft of instance %s\n", instance);
+    else
+        printf("discarded %zu draft%s\n", n, n == 1 ? "" : "s");
+}
+
+/* The reply lists the drafts discarded. */
+static int discard_remote(struct ctl *ctl, const char *instance)
+{
+    Smtpsync__SettingsDiscard m;
+    Smtpsync__Frame f;
+    Smtpsync__AdminReply *r = NULL;
+    char *ids[1];
+    int rc;
+
+    smtpsync__settings_discard__init(&m);
+    if (instance != NULL) {
+        ids[0] = (char *)(uintptr_t)instance;
+        m.instances = ids;
+        m.n_instances = 1;
+    }
+    smtpsync__frame__init(&f);
+    f.body_case = SMTPSYNC__FRAME__BODY_SETTINGS_DISCARD;
+    f.settings_discard = &m;
+    if ((rc = ctl_remote_ask(ctl, &f, 0, false, &r)) != CTL_EXIT_OK)
+        return rc;
+    print_discarded(instance, r->n_settings);
+    smtpsync__admin_reply__free_unpacked(r, NULL);
+    return CTL_EXIT_OK;
+}
 
 static int settings_discard(struct ctl *ctl, int argc, char **argv)
 {
@@ -883,8 +625,10 @@ static int settings_discard(struct ctl *ctl, int argc, char **argv)
         return ctl_usage_error(ctl_settings_discard_usage,
                                "settings discard: unexpected argument '%s'",
                                ctl_quote(argv[optind], q, sizeof(q)));
-    if (instance != NULL && !instance_ok(instance))
+    if (instance != NULL && !ctl_instance_ok(instance))
         return CTL_EXIT_USAGE;
+    if (ctl_remote(ctl))
+        return discard_remote(ctl, instance);
     if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         return rc;
     err = store_draft_discard(ctl->store, instance);
@@ -899,10 +643,7 @@ static int settings_discard(struct ctl *ctl, int argc, char **argv)
         ctl_errorf("cannot discard: %s", error_str(err));
         return CTL_EXIT_FAIL;
     }
-    if (instance != NULL)
-        printf("discarded the draft of instance %s\n", instance);
-    else
-        printf("discarded %zu draft%s\n", info.ndrafts, info.ndrafts == 1 ? "" : "s");
+    print_discarded(instance, info.ndrafts);
     return CTL_EXIT_OK;
 }
 
@@ -912,8 +653,9 @@ static const struct {
     const char *name;
     ctl_verb_fn run;
 } settings_verbs[] = {
-    {"set", settings_set},   {"import-cert", settings_import_cert}, {"show", settings_show},
-    {"save", settings_save}, {"discard", settings_discard},         {"test", ctl_settings_test},
+    {"set", ctl_settings_set},     {"import-cert", ctl_settings_import_cert},
+    {"show", settings_show},       {"save", settings_save},
+    {"discard", settings_discard}, {"test", ctl_settings_test},
 };
 
 int ctl_settings_main(struct ctl *ctl, int argc, char **argv)

@@ -1,8 +1,10 @@
 /*
- * ctl_test: `settings test`, Test Connection in local mode. The settings of
+ * ctl_test: `settings test`, Test Connection. In local mode the settings of
  * an instance (its draft, else its saved record) are read from the local
  * store with the password unsealed and tried from this machine by
- * conntest; the steps are printed for people or as JSON.
+ * conntest. In remote mode the daemon has the instance's own node run the
+ * test (admin.h) and sends back the result. Either way the steps are
+ * printed by the same code, for people or as JSON.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -120,6 +122,61 @@ static int load(struct ctl *ctl, const char *instance, bool saved, const struct 
     return CTL_EXIT_FAIL;
 }
 
+/* The steps, for people or as JSON; the exit status of the test. */
+static int print_result(struct ctl *ctl, const Smtpsync__TestResult *result)
+{
+    if (ctl->json) {
+        if (ctl_output_json_print(result_json(result)) < 0)
+            return CTL_EXIT_FAIL;
+    } else {
+        conntest_print(stdout, result);
+    }
+    return result->ok ? CTL_EXIT_OK : CTL_EXIT_FAIL;
+}
+
+/*
+ * The test through a daemon. The reply holds the draft tried, when it was
+ * a draft, and the revision it was on, so the header names them as in
+ * local mode; the node in it is where the test ran.
+ */
+static int test_remote(struct ctl *ctl, const char *instance, const char *to, bool saved)
+{
+    Smtpsync__SettingsTestRequest m;
+    Smtpsync__Frame f;
+    Smtpsync__AdminReply *r = NULL;
+    char what[96], q[96];
+    int rc;
+
+    smtpsync__settings_test_request__init(&m);
+    m.instance = (char *)(uintptr_t)instance;
+    if (to != NULL)
+        m.to = (char *)(uintptr_t)to;
+    m.saved = saved;
+    smtpsync__frame__init(&f);
+    f.body_case = SMTPSYNC__FRAME__BODY_SETTINGS_TEST;
+    f.settings_test = &m;
+    if ((rc = ctl_remote_ask(ctl, &f, CTL_REPLY_TIMEOUT_LONG_MS, false, &r)) != CTL_EXIT_OK)
+        return rc;
+    if (r->test == NULL) {
+        ctl_errorf("the daemon sent no test result");
+        rc = CTL_EXIT_FAIL;
+        goto free_reply;
+    }
+    if (r->n_settings > 0 && r->revision == 0)
+        snprintf(what, sizeof(what), "draft, nothing saved yet");
+    else if (r->n_settings > 0)
+        snprintf(what, sizeof(what), "draft on revision %" PRIu64, r->revision);
+    else
+        snprintf(what, sizeof(what), "revision %" PRIu64, r->revision);
+    if (!ctl->json)
+        printf("Test Connection: instance %s (%s) from %s\n", instance, what,
+               ctl_quote(r->test->node != NULL ? r->test->node : "?", q, sizeof(q)));
+    rc = print_result(ctl, r->test);
+free_reply:
+    smtpsync__admin_reply__free_unpacked(r, NULL);
+    return rc;
+}
+
 int ctl_settings_test(struct ctl *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -180,6 +237,8 @@ int ctl_settings_test(struct ctl *ctl, int argc, char **argv)
                                ctl_quote(to, q, sizeof(q)), why);
     }
 
+    if (ctl_remote(ctl))
+        return test_remote(ctl, instance, to, saved);
     if ((rc = ctl_store_open_info(ctl, &info)) != CTL_EXIT_OK)
         return rc;
     settings_init(&s);
@@ -211,15 +270,7 @@ int ctl_settings_test(struct ctl *ctl, int argc, char **argv)
         ctl_errorf("cannot run the test: %s", error_str(err));
         goto clear_settings;
     }
-    if (ctl->json) {
-        if (ctl_output_json_print(result_json(result)) < 0)
-            goto free_result;
-    } else {
-        conntest_print(stdout, result);
-    }
-    rc = result->ok ? CTL_EXIT_OK : CTL_EXIT_FAIL;
-
-free_result:
+    rc = print_result(ctl, result);
     conntest_result_free(result);
 clear_settings:
     settings_clear(&s);

@@ -1,5 +1,6 @@
 /*
- * smtpsyncctl: the administrator's command-line client, local mode.
+ * smtpsyncctl: the administrator's command-line client, on a store
+ * (local mode) or through a daemon (remote mode, ctl_remote.c).
  *
  * main() hardens the process, parses the global options into a `struct
  * ctl`, and hands the rest of the command line to the verb.
@@ -18,13 +19,22 @@
 #endif
 
 static const char usage[] =
-    "usage: smtpsyncctl [--data-dir DIR] [--json] [--key-file F] [--socket PATH] VERB [options]\n"
+    "usage: smtpsyncctl [--data-dir DIR | --server HOST:PORT ...] [--json] VERB [options]\n"
     "\n"
-    "Administers the SMTP settings of an smtpsync deployment.\n"
+    "Administers the SMTP settings of an smtpsync deployment: on a store directly\n"
+    "(--data-dir), or through a daemon over mutual TLS (--server).\n"
     "\n"
     "global options (before the verb):\n"
     "  --data-dir DIR   work on the store in DIR (or set SMTPSYNC_DATA_DIR)\n"
     "  --key-file F     node key that seals passwords (default DIR/node.key)\n"
+    "  --server HOST:PORT  talk to the daemon there (remote mode), with:\n"
+    "  --ca F           the deployment CA (PEM) that the daemon's certificate chains to\n"
+    "  --cert F         your admin certificate (PEM); its name gives your role\n"
+    "  --key F          its private key (PEM)\n"
+    "  --config FILE    read server, ca, cert and key from [ctl] of FILE (or set\n"
+    "                   SMTPSYNC_CONFIG); options on the command line win\n"
+    "  --timeout S      remote mode: wait at most S seconds for a reply (default 60;\n"
+    "                   600 for settings test and sync)\n"
     "  --socket PATH    the local daemon's submission socket (or set SMTPSYNC_SOCKET;\n"
     "                   default " CTL_SOCKET_DEFAULT ")\n"
     "  --json           machine-readable output for read verbs\n"
@@ -41,13 +51,16 @@ static const char usage[] =
     "  history               list the saved revisions\n"
     "  diff R1 R2            fields that differ between two revisions\n"
     "  rollback R            make revision R current again, as a new revision\n"
+    "  status                where this node and every replica stand\n"
+    "  sync [--replica ID]   push to the replicas now (remote mode)\n"
+    "  promote [--force]     make the node asked the primary (remote mode)\n"
     "  send                  submit a mail to the local daemon\n"
     "  sendmail -t           submit an RFC 5322 message from standard input\n"
     "  queue                 list, retry or drop the local daemon's mail\n"
     "  help [VERB...]        print this help, or the help of a verb\n"
     "\n"
-    "`smtpsyncctl VERB --help` describes each verb. Remote mode (--server) is not\n"
-    "available yet.\n";
+    "`smtpsyncctl VERB --help` describes each verb. Every verb but send, sendmail\n"
+    "and queue works in both modes, with the same output.\n";
 
 static const struct {
     const char *name;
@@ -61,7 +74,16 @@ static const struct {
     {"send", ctl_send_main, ctl_send_usage},
     {"sendmail", ctl_sendmail_main, ctl_sendmail_usage},
     {"queue", ctl_queue_main, ctl_queue_usage},
+    {"status", ctl_status_main, ctl_status_usage},
+    {"sync", ctl_sync_main, ctl_sync_usage},
+    {"promote", ctl_promote_main, ctl_promote_usage},
 };
+
+/* Verbs that talk to the local daemon's submission socket only. */
+static bool socket_verb(const char *name)
+{
+    return strcmp(name, "send") == 0 || strcmp(name, "sendmail") == 0 || strcmp(name, "queue") == 0;
+}
 
 #define N_VERBS (sizeof(verbs) / sizeof(verbs[0]))
 
@@ -122,7 +144,39 @@ enum {
     OPT_SERVER,
     OPT_SOCKET,
     OPT_VERSION,
+    OPT_CA,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_CONFIG,
+    OPT_TIMEOUT,
 };
+
+/* Prepares the mode of a verb: remote (a server from the command line or
+ * [ctl]) or local. Prints problems; returns the exit status. */
+static int choose_mode(struct ctl *ctl, const char *verb, bool data_dir_option)
+{
+    char q[96];
+
+    if (socket_verb(verb)) {
+        if (ctl->server_option || ctl->ca != NULL || ctl->cert != NULL || ctl->key != NULL) {
+            ctl_errorf("%s works with the local daemon (--socket); --server, --ca, --cert and "
+                       "--key are not used",
+                       ctl_quote(verb, q, sizeof(q)));
+            return CTL_EXIT_USAGE;
+        }
+        return CTL_EXIT_OK;
+    }
+    /* Before the files are looked at: the conflict is the first thing to
+     * fix. A server from [ctl] gives way to --data-dir. */
+    if (ctl->server_option && data_dir_option) {
+        ctl_errorf("--data-dir and --server exclude each other: work on a store directly, or "
+                   "through a daemon");
+        return CTL_EXIT_USAGE;
+    }
+    if (data_dir_option && ctl->ca == NULL && ctl->cert == NULL && ctl->key == NULL)
+        return CTL_EXIT_OK;
+    return ctl_remote_setup(ctl);
+}
 
 /* Parses the global options and runs the verb; returns the exit status. */
 static int run(struct ctl *ctl, int argc, char **argv)
@@ -132,14 +186,20 @@ static int run(struct ctl *ctl, int argc, char **argv)
         {"key-file", required_argument, NULL, OPT_KEY_FILE},
         {"json", no_argument, NULL, OPT_JSON},
         {"server", required_argument, NULL, OPT_SERVER},
+        {"ca", required_argument, NULL, OPT_CA},
+        {"cert", required_argument, NULL, OPT_CERT},
+        {"key", required_argument, NULL, OPT_KEY},
+        {"config", required_argument, NULL, OPT_CONFIG},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"socket", required_argument, NULL, OPT_SOCKET},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
     const char *verb;
+    bool data_dir_option = false;
     char q[96];
-    int c;
+    int c, rc;
 
     /* '+': the first word that is not an option is the verb; what follows
      * belongs to it. */
@@ -148,6 +208,7 @@ static int run(struct ctl *ctl, int argc, char **argv)
         switch (c) {
         case OPT_DATA_DIR:
             ctl->data_dir = optarg;
+            data_dir_option = true;
             break;
         case OPT_KEY_FILE:
             ctl->key_file = optarg;
@@ -156,8 +217,31 @@ static int run(struct ctl *ctl, int argc, char **argv)
             ctl->json = true;
             break;
         case OPT_SERVER:
-            ctl_errorf("remote mode (--server) is not available yet; use --data-dir");
-            return CTL_EXIT_USAGE;
+            ctl->server = optarg;
+            ctl->server_option = true;
+            break;
+        case OPT_CA:
+            ctl->ca = optarg;
+            break;
+        case OPT_CERT:
+            ctl->cert = optarg;
+            break;
+        case OPT_KEY:
+            ctl->key = optarg;
+            break;
+        case OPT_CONFIG:
+            ctl->config = optarg;
+            break;
+        case OPT_TIMEOUT: {
+            uint64_t secs;
+            if (ctl_parse_u64(optarg, 1, 86400, &secs) < 0)
+                return ctl_usage_error(usage,
+                                       "--timeout: '%s' is not a number of seconds "
+                                       "(1-86400)",
+                                       ctl_quote(optarg, q, sizeof(q)));
+            ctl->timeout_ms = secs * 1000;
+            break;
+        }
         case OPT_SOCKET:
             ctl->socket = optarg;
             break;
@@ -183,7 +267,11 @@ static int run(struct ctl *ctl, int argc, char **argv)
     for (size_t i = 0; i < N_VERBS; i++) {
         if (strcmp(verb, verbs[i].name) != 0)
             continue;
-        if (ctl->data_dir == NULL) {
+        if ((rc = choose_mode(ctl, verb, data_dir_option)) != CTL_EXIT_OK)
+            return rc;
+        if (ctl_remote(ctl)) {
+            ctl->data_dir = NULL; /* SMTPSYNC_DATA_DIR is for local mode */
+        } else if (ctl->data_dir == NULL) {
             const char *env = getenv("SMTPSYNC_DATA_DIR");
             if (env != NULL && env[0] != '\0')
                 ctl->data_dir = env;
@@ -200,7 +288,7 @@ static int run(struct ctl *ctl, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    struct ctl ctl = {NULL, NULL, false, NULL, 0, NULL};
+    struct ctl ctl = {.data_dir = NULL, .store = NULL, .remote = NULL, .conf = NULL};
     int rc, err;
 
     harden();
@@ -209,6 +297,8 @@ int main(int argc, char **argv)
     rc = run(&ctl, argc, argv);
     if (ctl.store != NULL)
         store_close(ctl.store);
+    ctl_remote_close(&ctl);
+    ctl_remote_free_conf(&ctl);
 
     /* Output that did not arrive (a full disk, a closed pipe) must not
      * look like success to a script. */

@@ -395,10 +395,14 @@ assert_exit "no --data-dir" 2
 assert_contains "no --data-dir" "$ERR" "--data-dir"
 run "$SMTPSYNCCTL" --data-dir "" settings show
 assert_exit "empty --data-dir" 2
+# Remote mode needs its certificate files (tests/cli/test_remote.sh has more).
 run "$SMTPSYNCCTL" --server primary:7443 settings show
-assert_exit "--server" 2
-assert_contains "--server" "$ERR" \
-    "remote mode (--server) is not available yet; use --data-dir"
+assert_exit "--server without certificates" 2
+assert_contains "--server without certificates" "$ERR" \
+    "remote mode needs --ca, --cert and --key"
+run "$SMTPSYNCCTL" --server primary:7443 --data-dir "$T" settings show
+assert_exit "--server and --data-dir" 2
+assert_contains "--server and --data-dir" "$ERR" "--data-dir and --server exclude each other"
 : >"$T/a-file"
 run "$SMTPSYNCCTL" --data-dir "$T/a-file" settings set --instance x --hostname mail.test
 assert_exit "--data-dir is a file" 1
