@@ -5,7 +5,11 @@
  * the message at once (so a bad one is refused at once), then queues it;
  * a uv_check handle, which runs right after the poll phase in which the
  * requests were read, commits the whole batch in one outbox transaction
- * (one fsync) and answers every request with its id.
+ * (one fsync) on the libuv thread pool (outbox_submit_async), and every
+ * request is answered with its id once that is on disk. One commit is in
+ * flight at a time: what is read meanwhile makes the next batch, which
+ * starts as soon as the commit before it ends (group commit), so the loop
+ * keeps reading while the disk works.
  */
 #include "node_intake.h"
 
@@ -168,36 +172,8 @@ nomem:
     refuse(req, uid, error_str(-ENOMEM));
 }
 
-/* Stores submissions [from, from + count) in one transaction; ids[] out. */
-static int commit_range(struct node_intake *n, size_t from, size_t count, uint64_t *ids)
+static void answer(struct node_intake_submission *s, uint64_t id, int err)
 {
-    struct outbox_new one;
-    struct outbox_new *m = count > 1 ? calloc(count, sizeof(*m)) : &one;
-    int err;
-
-    if (m == NULL)
-        return -ENOMEM;
-    memset(&one, 0, sizeof(one));
-    for (size_t i = 0; i < count; i++) {
-        const struct node_intake_submission *s = &n->batch[from + i];
-        m[i].priority = s->priority;
-        m[i].expires_ms = s->expires_ms;
-        m[i].mail_from = NULL;
-        m[i].rcpts = (const char *const *)s->rcpts;
-        m[i].nrcpts = s->nrcpts;
-        m[i].message = s->message;
-        m[i].message_len = s->message_len;
-    }
-    err = outbox_submit(n->outbox, m, count, wall_ms(), ids);
-    if (m != &one)
-        free(m);
-    return err;
-}
-
-static void answer(struct node_intake *n, size_t i, uint64_t id, int err)
-{
-    struct node_intake_submission *s = &n->batch[i];
-
     if (err == 0) {
         log_info("submission accepted id=%" PRIu64 " uid=%u rcpts=%zu size=%zu priority=%s", id,
                  s->uid, s->nrcpts, s->message_len, priority_name(s->priority));
@@ -212,32 +188,103 @@ static void answer(struct node_intake *n, size_t i, uint64_t id, int err)
     submission_free(s);
 }
 
+static void intake_release(struct node_intake *n)
+{
+    free(n->batch);
+    free(n->flight);
+    free(n->flight_msgs);
+    free(n->flight_ids);
+    n->batch = n->flight = NULL;
+    n->flight_msgs = NULL;
+    n->flight_ids = NULL;
+    n->batch_cap = n->flight_cap = 0;
+}
+
+/* Answers the batch in flight (its ids when err is 0; none without the
+ * id array, which only an allocation failure leaves) and forgets it. */
+static void flight_answer(struct node_intake *n, int err)
+{
+    for (size_t i = 0; i < n->nflight; i++)
+        answer(&n->flight[i], n->flight_ids != NULL ? n->flight_ids[i] : 0, err);
+    n->nflight = 0;
+    free(n->flight_msgs);
+    free(n->flight_ids);
+    n->flight_msgs = NULL;
+    n->flight_ids = NULL;
+}
+
+static void on_committed(int err, void *arg)
+{
+    struct node_intake *n = arg;
+
+    n->committing = false;
+    flight_answer(n, err);
+    if (n->wake != NULL)
+        n->wake(n->wake_arg);
+    /* What arrived during the commit goes now, together (after a stop
+     * too: it was read before). */
+    node_intake_flush(n);
+    if (n->closing && !n->committing && n->check_closed) {
+        intake_release(n);
+        if (n->closed != NULL)
+            n->closed(n->closed_arg);
+    }
+}
+
 void node_intake_flush(struct node_intake *n)
 {
-    uint64_t *ids;
+    struct node_intake_submission *t;
+    size_t cap;
     int err;
 
-    if (n->nbatch == 0)
+    if (n->committing || n->nbatch == 0)
         return;
-    if ((ids = calloc(n->nbatch, sizeof(*ids))) == NULL) {
-        for (size_t i = 0; i < n->nbatch; i++)
-            answer(n, i, 0, -ENOMEM);
-        n->nbatch = 0;
-        return;
-    }
-    err = commit_range(n, 0, n->nbatch, ids);
-    if (err != 0 && n->nbatch > 1 && (err == ERROR_INVALID || err == ERROR_TOO_BIG)) {
-        /* One message the outbox refuses must not sink the others. */
-        log_debug("outbox refused a batch of %zu: %s; committing one by one", n->nbatch,
-                  error_str(err));
-        for (size_t i = 0; i < n->nbatch; i++)
-            answer(n, i, ids[i], commit_range(n, i, 1, &ids[i]));
-    } else {
-        for (size_t i = 0; i < n->nbatch; i++)
-            answer(n, i, ids[i], err);
-    }
-    free(ids);
+    /* The batch becomes the flight; the flight's old array the batch. */
+    t = n->flight;
+    cap = n->flight_cap;
+    n->flight = n->batch;
+    n->flight_cap = n->batch_cap;
+    n->nflight = n->nbatch;
+    n->batch = t;
+    n->batch_cap = cap;
     n->nbatch = 0;
+    n->flight_msgs = calloc(n->nflight, sizeof(*n->flight_msgs));
+    n->flight_ids = calloc(n->nflight, sizeof(*n->flight_ids));
+    if (n->flight_msgs == NULL || n->flight_ids == NULL) {
+        err = -ENOMEM;
+        goto answer_now;
+    }
+    for (size_t i = 0; i < n->nflight; i++) {
+        const struct node_intake_submission *s = &n->flight[i];
+        struct outbox_new *m = &n->flight_msgs[i];
+        m->priority = s->priority;
+        m->expires_ms = s->expires_ms;
+        m->mail_from = NULL;
+        m->rcpts = (const char *const *)s->rcpts;
+        m->nrcpts = s->nrcpts;
+        m->message = s->message;
+        m->message_len = s->message_len;
+    }
+    err = outbox_submit_async(n->outbox, n->loop, n->flight_msgs, n->nflight, wall_ms(),
+                              n->flight_ids, on_committed, n);
+    if (err == 0) {
+        n->committing = true;
+        return;
+    }
+    if (n->nflight > 1 && (err == ERROR_INVALID || err == ERROR_TOO_BIG)) {
+        /* One message the outbox refuses must not sink the others: one by
+         * one, synchronously. Rare: envelope_ok() checks what it checks. */
+        log_debug("outbox refused a batch of %zu: %s; committing one by one", n->nflight,
+                  error_str(err));
+        for (size_t i = 0; i < n->nflight; i++) {
+            err = outbox_submit(n->outbox, &n->flight_msgs[i], 1, wall_ms(), &n->flight_ids[i]);
+            answer(&n->flight[i], n->flight_ids[i], err);
+        }
+        n->nflight = 0;
+        err = 0;
+    }
+answer_now:
+    flight_answer(n, err);
     if (n->wake != NULL)
         n->wake(n->wake_arg);
 }
@@ -450,6 +497,7 @@ void node_intake_init(struct node_intake *in, uv_loop_t *loop, struct outbox *ou
 {
     memset(in, 0, sizeof(*in));
     uv_check_init(loop, &in->check);
+    in->loop = loop;
     in->check.data = in;
     in->outbox = outbox;
     in->wake = wake;
@@ -469,20 +517,25 @@ static void on_check_closed(uv_handle_t *h)
 {
     struct node_intake *in = h->data;
 
+    in->check_closed = true;
+    if (in->committing)
+        return; /* on_committed() finishes */
+    intake_release(in);
     if (in->closed != NULL)
         in->closed(in->closed_arg);
 }
 
 void node_intake_close(struct node_intake *in, void (*closed)(void *arg), void *arg)
 {
-    /* Anything still queued is refused: its requests are answered. */
-    for (size_t i = 0; i < in->nbatch; i++)
-        answer(in, i, 0, ERROR_CONFLICT);
-    in->nbatch = 0;
-    free(in->batch);
-    in->batch = NULL;
-    in->batch_cap = 0;
+    /* Anything still queued is refused, its requests answered; unless a
+     * commit is in flight: then it goes with the next one, as in a stop. */
+    if (!in->committing) {
+        for (size_t i = 0; i < in->nbatch; i++)
+            answer(&in->batch[i], 0, ERROR_CONFLICT);
+        in->nbatch = 0;
+    }
     in->accepting = false;
+    in->closing = true;
     in->closed = closed;
     in->closed_arg = arg;
     uv_close((uv_handle_t *)&in->check, on_check_closed);

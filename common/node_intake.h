@@ -7,8 +7,12 @@
  *                 mailboxes, size, expiry not past), message normalized
  *                 (smtp_message_normalize) or refused at once with the
  *                 reason; accepted ones are committed together after the
- *                 poll phase (uv_check) in one outbox transaction and
- *                 answered with their ids; an unset priority is a report
+ *                 poll phase (uv_check) in one outbox transaction, on the
+ *                 libuv thread pool (outbox_submit_async), and answered
+ *                 with their ids once it is on disk. While that commit
+ *                 runs, what arrives waits, to be committed together by
+ *                 the next one (group commit, one in flight); an unset
+ *                 priority is a report
  *   queue_query   pending and dead messages, without bodies
  *   queue_action  retry or drop by id; ERROR_NOT_FOUND for an unknown id
  *
@@ -35,6 +39,7 @@ struct node_intake_submission;
 
 struct node_intake {
     uv_check_t check; /* commits the batch after the poll phase */
+    uv_loop_t *loop;
     struct outbox *outbox;
     void (*wake)(void *arg);
     void *wake_arg;
@@ -44,6 +49,16 @@ struct node_intake {
     char msgid_domain[SYNTAX_HOSTNAME_MAX + 1];
     struct node_intake_submission *batch;
     size_t nbatch, batch_cap;
+    /* The batch being committed (swapped with `batch` when it starts):
+     * its submissions, their outbox view and ids, borrowed by the outbox
+     * until on_committed(). */
+    struct node_intake_submission *flight;
+    size_t nflight, flight_cap;
+    struct outbox_new *flight_msgs;
+    uint64_t *flight_ids;
+    bool committing;
+    bool closing;      /* node_intake_close() ran: `closed` waits for the commit */
+    bool check_closed; /* the handle's close callback ran */
     void (*closed)(void *arg);
     void *closed_arg;
 };
@@ -53,12 +68,15 @@ extern const struct submit_server_callbacks node_intake_callbacks;
 
 void node_intake_init(struct node_intake *in, uv_loop_t *loop, struct outbox *outbox,
                       void (*wake)(void *arg), void *wake_arg);
-/* Commits and answers what is queued now. */
+/* Starts committing what is queued now (answered when on disk); while a
+ * commit runs, what is queued goes with the next one. */
 void node_intake_flush(struct node_intake *in);
-/* Flushes, then refuses every later request ("the daemon is stopping"). */
+/* Flushes, then refuses every later request ("the daemon is stopping");
+ * what was queued before is still committed and answered. */
 void node_intake_stop(struct node_intake *in);
-/* Answers anything left with an error, frees the batch and closes the
- * handle; `closed` runs from the handle's close callback. */
+/* Answers what is queued and not yet committing with an error, and closes
+ * the handle; a commit in flight completes (its submitters get their ids)
+ * before `closed` runs, so the loop must run until then. */
 void node_intake_close(struct node_intake *in, void (*closed)(void *arg), void *arg);
 
 #endif

@@ -4,7 +4,12 @@
  * Every change runs in one write transaction (dbenv_write) that is run
  * again whole, with a larger map, after MDB_MAP_FULL, so a transaction body
  * keeps no effect outside its transaction; leases, which live in memory,
- * change only after the commit. What dbenv_ returns is of error.h's
+ * change only after the commit. The jobs of outbox_submit_async() and
+ * outbox_apply_async() run on the libuv thread pool, one group at a time
+ * (LMDB has one writer anyway): those queued while a group runs make the
+ * next, one transaction with a nested one per job, so one commit (one
+ * fsync) for all. Leases and the job queue are touched on the loop thread
+ * only. What dbenv_ returns is of error.h's
  * convention already; what mdb_* calls outside it return goes through
  * dbenv_error() before it leaves an outbox_* function.
  *
@@ -37,6 +42,8 @@
 #define OUTBOX_TOKENCODE_TTL ((int64_t)10 * 60 * 1000)
 #define OUTBOX_REPORT_TTL    ((int64_t)5 * 24 * 3600 * 1000)
 
+struct outbox_job;
+
 struct outbox {
     MDB_env *env;
     MDB_dbi pending;
@@ -45,6 +52,11 @@ struct outbox {
     MDB_dbi meta;
     struct outbox_expiry expiry;
     struct outbox_leases leases;
+    /* outbox_submit_async(): the job running (NULL: none), then those
+     * waiting, oldest first. Loop thread only. */
+    struct outbox_job *running, *queue_head, *queue_tail;
+    bool sweep_wanted; /* a take skipped what needs a write: outbox_sweep() */
+    int64_t sweep_now; /* the latest such take's now_ms */
 };
 
 static int64_t add_ms(int64_t t, int64_t d)
@@ -413,6 +425,9 @@ struct take_ctx {
     int64_t now_ms;
     struct outbox_msg **out;
     size_t max, n;
+    bool readonly; /* a read transaction: what needs a write is skipped */
+    bool skipped;  /* readonly: something was */
+    bool sweep;    /* hands out nothing: only what needs a write is done */
 };
 
 static void take_reset(struct take_ctx *c)
@@ -445,6 +460,10 @@ static int take_one(struct outbox *ob, MDB_txn *txn, struct take_ctx *c, const s
     *moved = false;
     rc = mdb_get(txn, ob->pending, &key, &val);
     if (rc == MDB_NOTFOUND) {
+        if (c->readonly) {
+            c->skipped = true;
+            return 0;
+        }
         *moved = true;
         return mdb_del(txn, ob->due, &dk, NULL);
     }
@@ -452,13 +471,21 @@ static int take_one(struct outbox *ob, MDB_txn *txn, struct take_ctx *c, const s
         return rc;
     rc = outbox__record_unpack(&val, d->id, false, &r, &why);
     if (rc == ERROR_CORRUPT) {
+        if (c->readonly) {
+            c->skipped = true;
+            return 0;
+        }
         *moved = true;
         snprintf(reason, sizeof(reason), "corrupt record (%s): taken out of the queue", why);
         return pending_to_dead(ob, txn, d->id, NULL, &val, d, reason, c->now_ms);
     }
     if (rc != 0)
         return rc;
-    if ((int)r->priority != d->priority || r->next_try_ms != d->next_try_ms) {
+    if (c->readonly && ((int)r->priority != d->priority || r->next_try_ms != d->next_try_ms ||
+                        c->now_ms >= r->expires_ms)) {
+        c->skipped = true; /* left for a take that may write: outbox_sweep() */
+        rc = 0;
+    } else if ((int)r->priority != d->priority || r->next_try_ms != d->next_try_ms) {
         /* A stale key: the record has its own. */
         *moved = true;
         rc = mdb_del(txn, ob->due, &dk, NULL);
@@ -470,7 +497,7 @@ static int take_one(struct outbox *ob, MDB_txn *txn, struct take_ctx *c, const s
             snprintf(reason, sizeof(reason), "expired after %u attempt%s: %s", r->attempts,
                      r->attempts == 1 ? "" : "s", r->last_error);
         rc = pending_to_dead(ob, txn, d->id, r, NULL, NULL, reason, c->now_ms);
-    } else {
+    } else if (!c->sweep) {
         rc = outbox__msg_from_record(r, true, &c->out[c->n]);
         if (rc == 0)
             c->n++;
@@ -535,7 +562,8 @@ static int take_body(MDB_txn *txn, void *arg)
 
 int outbox_take(struct outbox *ob, int64_t now_ms, struct outbox_msg **out, size_t max, size_t *n)
 {
-    struct take_ctx c = {ob, now_ms, out, max, 0};
+    struct take_ctx c = {ob, now_ms, out, max, 0, outbox_busy(ob), false, false};
+    MDB_txn *txn;
     int rc;
 
     *n = 0;
@@ -543,8 +571,16 @@ int outbox_take(struct outbox *ob, int64_t now_ms, struct outbox_msg **out, size
         return 0;
     /* Room first: once committed, every message handed out is leased. */
     rc = outbox__lease_reserve(&ob->leases, max);
-    if (rc == 0)
+    if (rc == 0 && c.readonly) {
+        /* A write would wait for the job's commit, the loop with it. */
+        rc = dbenv_txn_read(ob->env, &txn);
+        if (rc == 0) {
+            rc = dbenv_error(take_body(txn, &c));
+            mdb_txn_abort(txn);
+        }
+    } else if (rc == 0) {
         rc = dbenv_write(ob->env, take_body, &c, 0);
+    }
     if (rc != 0) {
         take_reset(&c);
         return rc;
@@ -552,7 +588,27 @@ int outbox_take(struct outbox *ob, int64_t now_ms, struct outbox_msg **out, size
     for (size_t i = 0; i < c.n; i++)
         outbox__lease_insert(&ob->leases, out[i]->id);
     *n = c.n;
+    if (c.skipped) {
+        ob->sweep_wanted = true;
+        if (now_ms > ob->sweep_now)
+            ob->sweep_now = now_ms;
+    }
     return 0;
+}
+
+/*
+ * What takes during jobs left (expired, damaged, stale keys: they need a
+ * write), done between two groups of jobs, on the loop (the lease set is
+ * the loop's). Without it, under a steady flow of commits, an expired
+ * message would stay pending and due for good. Errors wait for the next
+ * take, which meets those records again.
+ */
+static void outbox_sweep(struct outbox *ob)
+{
+    struct take_ctx c = {ob, ob->sweep_now, NULL, SIZE_MAX, 0, false, false, true};
+
+    ob->sweep_wanted = false;
+    (void)dbenv_write(ob->env, take_body, &c, 0);
 }
 
 int64_t outbox_next_due(struct outbox *ob)
@@ -708,19 +764,11 @@ static int apply_body(MDB_txn *txn, void *arg)
     return rc;
 }
 
-/* On failure nothing is applied and the leases stay: a message whose
- * outcome is not on disk is not handed out again (sent again) meanwhile. */
-int outbox_apply_rcpts(struct outbox *ob, const struct outbox_result *results,
-                       const struct outbox_rcpts *rcpts, size_t n, int64_t now_ms)
+/* ERROR_INVALID for an unknown outcome or a bad recipient list; *writes
+ * tells whether some result is not a RELEASE. */
+static int apply_check(const struct outbox_result *results, const struct outbox_rcpts *rcpts,
+                       size_t n, bool *writes)
 {
-    struct apply_ctx c = {ob, results, rcpts, n, now_ms};
-    bool writes = false;
-    int rc = 0;
-
-    if (n == 0)
-        return 0;
-    if (results == NULL)
-        return ERROR_INVALID;
     for (size_t i = 0; i < n; i++) {
         const struct outbox_rcpts *k = rcpts != NULL ? &rcpts[i] : NULL;
 
@@ -734,8 +782,27 @@ int outbox_apply_rcpts(struct outbox *ob, const struct outbox_result *results,
                 if (k->rcpts[j] == NULL)
                     return ERROR_INVALID;
         }
-        writes = writes || results[i].outcome != OUTBOX_RELEASE;
+        *writes = *writes || results[i].outcome != OUTBOX_RELEASE;
     }
+    return 0;
+}
+
+/* On failure nothing is applied and the leases stay: a message whose
+ * outcome is not on disk is not handed out again (sent again) meanwhile. */
+int outbox_apply_rcpts(struct outbox *ob, const struct outbox_result *results,
+                       const struct outbox_rcpts *rcpts, size_t n, int64_t now_ms)
+{
+    struct apply_ctx c = {ob, results, rcpts, n, now_ms};
+    bool writes = false;
+    int rc = 0;
+
+    if (n == 0)
+        return 0;
+    if (results == NULL)
+        return ERROR_INVALID;
+    rc = apply_check(results, rcpts, n, &writes);
+    if (rc != 0)
+        return rc;
     /* Giving leases back writes nothing: it works on a full disk too. */
     if (writes)
         rc = dbenv_write(ob->env, apply_body, &c, 0);
@@ -749,6 +816,209 @@ int outbox_apply_rcpts(struct outbox *ob, const struct outbox_result *results,
 int outbox_apply(struct outbox *ob, const struct outbox_result *results, size_t n, int64_t now_ms)
 {
     return outbox_apply_rcpts(ob, results, NULL, n, now_ms);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Commits on the libuv thread pool (outbox_submit_async, outbox_apply_async). */
+
+/* One outbox_submit_async() or outbox_apply_async() call; freed after its
+ * callback. Everything it points to is the caller's. */
+struct outbox_job {
+    uv_work_t work;
+    struct outbox *ob;
+    bool apply;          /* else a submission */
+    struct submit_ctx c; /* submission */
+    struct apply_ctx a;  /* apply */
+    bool writes;         /* apply: some result is not a RELEASE */
+    size_t need;
+    int rc; /* the worker's, raw: LMDB or error.h */
+    outbox_async_cb cb;
+    void *arg;
+    struct outbox_job *next;
+};
+
+static int job_body(MDB_txn *txn, void *arg)
+{
+    struct outbox_job *j = arg;
+
+    return j->apply ? apply_body(txn, &j->a) : submit_body(txn, &j->c);
+}
+
+static bool job_writes(const struct outbox_job *j)
+{
+    return !j->apply || j->writes;
+}
+
+/*
+ * The thread pool's part: the jobs waiting when it started (a group, linked
+ * by `next`), each in a nested transaction of one write transaction, so
+ * that they share one commit (one fsync) and a job that fails (its own
+ * error) leaves the others be. It touches only LMDB and the jobs' inputs:
+ * leases are the loop's (group_done). No map growth here:
+ * mdb_env_set_mapsize() wants no transaction open in the process, and the
+ * loop may hold a read one; a full map (or one another process grew) is
+ * left to group_done().
+ */
+static void group_work(uv_work_t *w)
+{
+    struct outbox_job *group = w->data;
+    MDB_txn *txn, *child;
+    bool writes = false;
+    int rc;
+
+    for (struct outbox_job *j = group; j != NULL; j = j->next) {
+        j->rc = 0; /* giving leases back writes nothing */
+        writes = writes || job_writes(j);
+    }
+    if (!writes)
+        return;
+    rc = mdb_txn_begin(group->ob->env, NULL, 0, &txn);
+    for (struct outbox_job *j = group; j != NULL && rc == 0; j = j->next) {
+        if (!job_writes(j))
+            continue;
+        j->rc = mdb_txn_begin(group->ob->env, txn, 0, &child);
+        if (j->rc == 0) {
+            j->rc = job_body(child, j);
+            if (j->rc == 0)
+                j->rc = mdb_txn_commit(child);
+            else
+                mdb_txn_abort(child);
+        }
+    }
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    if (rc != 0)
+        for (struct outbox_job *j = group; j != NULL; j = j->next)
+            if (j->rc == 0 && job_writes(j))
+                j->rc = rc;
+}
+
+static void job_start(struct outbox *ob, uv_loop_t *loop);
+
+static void group_done(uv_work_t *w, int status)
+{
+    struct outbox_job *j = w->data, *next;
+    struct outbox *ob = j->ob;
+    uv_loop_t *loop = w->loop; /* w is in the first job, freed below */
+    int rc;
+
+    /* `running` stays set through the callbacks: a job they queue waits,
+     * so that nothing runs on the pool while a redo below may grow the
+     * map. */
+    for (; j != NULL; j = next) {
+        next = j->next;
+        rc = status != 0 ? status : j->rc;
+        /* Rare: done again here, on the loop, where the map may grow (a
+         * body starts from its inputs, so running it again is safe); the
+         * loop waits for this one commit. */
+        if (rc == MDB_MAP_FULL || rc == MDB_MAP_RESIZED)
+            rc = dbenv_write(ob->env, job_body, j, j->need);
+        else
+            rc = dbenv_error(rc);
+        /* Committed: the leases end (on failure they stay, as outbox_apply). */
+        if (rc == 0 && j->apply)
+            for (size_t i = 0; i < j->a.n; i++)
+                outbox__lease_remove(&ob->leases, j->a.results[i].id);
+        j->cb(rc, j->arg);
+        free(j);
+    }
+    if (ob->sweep_wanted)
+        outbox_sweep(ob);
+    ob->running = NULL;
+    job_start(ob, loop);
+}
+
+/* Starts every waiting job, as one group, unless one runs. */
+static void job_start(struct outbox *ob, uv_loop_t *loop)
+{
+    struct outbox_job *group = ob->queue_head, *next;
+    int rc;
+
+    if (ob->running != NULL || group == NULL)
+        return;
+    ob->queue_head = ob->queue_tail = NULL;
+    ob->running = group;
+    group->work.data = group;
+    rc = uv_queue_work(loop, &group->work, group_work, group_done);
+    if (rc != 0) {
+        /* Cannot happen with a valid loop and callbacks; the callers get
+         * the error rather than no answer. */
+        for (struct outbox_job *j = group; j != NULL; j = next) {
+            next = j->next;
+            j->cb(rc, j->arg);
+            free(j);
+        }
+        ob->running = NULL;
+        job_start(ob, loop);
+    }
+}
+
+static void job_queue(struct outbox *ob, uv_loop_t *loop, struct outbox_job *j)
+{
+    if (ob->queue_tail != NULL)
+        ob->queue_tail->next = j;
+    else
+        ob->queue_head = j;
+    ob->queue_tail = j;
+    job_start(ob, loop);
+}
+
+int outbox_submit_async(struct outbox *ob, uv_loop_t *loop, const struct outbox_new *msgs, size_t n,
+                        int64_t now_ms, uint64_t *ids, outbox_async_cb cb, void *arg)
+{
+    struct outbox_job *j;
+    size_t need = 0;
+    int rc;
+
+    if (loop == NULL || cb == NULL || (n > 0 && (msgs == NULL || ids == NULL)))
+        return ERROR_INVALID;
+    for (size_t i = 0; i < n; i++) {
+        rc = submit_check(&msgs[i]);
+        if (rc != 0)
+            return rc;
+        need += msgs[i].message_len + 4096;
+    }
+    j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return -ENOMEM;
+    j->ob = ob;
+    j->c = (struct submit_ctx){ob, msgs, n, now_ms, ids};
+    j->need = need;
+    j->cb = cb;
+    j->arg = arg;
+    job_queue(ob, loop, j);
+    return 0;
+}
+
+bool outbox_busy(const struct outbox *ob)
+{
+    return ob->running != NULL || ob->queue_head != NULL;
+}
+
+int outbox_apply_async(struct outbox *ob, uv_loop_t *loop, const struct outbox_result *results,
+                       const struct outbox_rcpts *rcpts, size_t n, int64_t now_ms,
+                       outbox_async_cb cb, void *arg)
+{
+    struct outbox_job *j;
+    bool writes = false;
+    int rc;
+
+    if (loop == NULL || cb == NULL || (n > 0 && results == NULL))
+        return ERROR_INVALID;
+    rc = apply_check(results, rcpts, n, &writes);
+    if (rc != 0)
+        return rc;
+    j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return -ENOMEM;
+    j->ob = ob;
+    j->apply = true;
+    j->a = (struct apply_ctx){ob, results, rcpts, n, now_ms};
+    j->writes = writes;
+    j->cb = cb;
+    j->arg = arg;
+    job_queue(ob, loop, j);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */

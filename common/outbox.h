@@ -20,7 +20,8 @@
  * take skips them until a successful outbox_apply() gives them back. Leases
  * do not survive a restart, which is what makes a crash redeliver.
  *
- * A `struct outbox` is used by one thread at a time.
+ * A `struct outbox` is used by one thread, its loop's; the libuv thread
+ * pool runs only the write transactions of the outbox_*_async() jobs.
  */
 #ifndef SMTPSYNC_OUTBOX_H
 #define SMTPSYNC_OUTBOX_H
@@ -28,6 +29,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <uv.h>
 
 #define OUTBOX_ERROR_MAX   512 /* last_error / dead_reason octets kept */
 #define OUTBOX_LIST_LIMIT  10000
@@ -95,6 +98,30 @@ int outbox_submit(struct outbox *ob, const struct outbox_new *msgs, size_t n, in
                   uint64_t *ids);
 
 /*
+ * outbox_submit() with its transaction (and fsync) on the libuv thread
+ * pool, so that the loop keeps running meanwhile. The messages are checked
+ * at once: an error outbox_submit() would give for them is returned and cb
+ * never runs. Else 0, and cb(rc, arg) runs on the loop once the
+ * transaction is committed (rc 0: ids[] filled, on disk) or failed
+ * (nothing stored). Jobs (this and outbox_apply_async) run in the order
+ * given, one group at a time: those queued while a group is committing
+ * are committed together next, each in a nested transaction (its own
+ * error fails it alone), with one fsync. `msgs` (and what it points to) and `ids` are
+ * borrowed until cb runs. outbox_close() only once every cb ran
+ * (outbox_busy() false). While a job is queued or running, outbox_take()
+ * does not write: expired and damaged records it meets are neither handed
+ * out nor moved until the running jobs are done (then they are, on the
+ * loop). The other synchronous writers work but wait for the running
+ * jobs' commit.
+ */
+typedef void (*outbox_async_cb)(int rc, void *arg);
+int outbox_submit_async(struct outbox *ob, uv_loop_t *loop, const struct outbox_new *msgs, size_t n,
+                        int64_t now_ms, uint64_t *ids, outbox_async_cb cb, void *arg);
+/* True while an outbox_*_async() job is queued or running (callbacks
+ * included). */
+bool outbox_busy(const struct outbox *ob);
+
+/*
  * Hands out up to `max` due messages (next_try_ms <= now_ms), not leased,
  * tokencodes first, and leases them. Messages whose expiry has passed are
  * not handed out: they are moved to dead ("expired after N attempts: last
@@ -150,6 +177,15 @@ struct outbox_rcpts {
  * another outcome or holding a NULL. */
 int outbox_apply_rcpts(struct outbox *ob, const struct outbox_result *results,
                        const struct outbox_rcpts *rcpts, size_t n, int64_t now_ms);
+
+/* outbox_apply_rcpts() on the thread pool, as outbox_submit_async(): the
+ * checks at once (ERROR_INVALID, no callback), the transaction in a job of
+ * the same queue, the leases ended on the loop once it is committed, then
+ * cb(rc, arg); on failure the leases stay (as outbox_apply). `results`,
+ * `rcpts` (may be NULL) and what they point to are borrowed until cb. */
+int outbox_apply_async(struct outbox *ob, uv_loop_t *loop, const struct outbox_result *results,
+                       const struct outbox_rcpts *rcpts, size_t n, int64_t now_ms,
+                       outbox_async_cb cb, void *arg);
 
 /* Operator actions. retry: a dead message back to pending (attempts reset,
  * expiry renewed from now) or a pending one due now; drop: removes from

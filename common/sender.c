@@ -1,7 +1,8 @@
 /*
  * sender: see sender.h.
  *
- * Everything runs on the loop thread. The moving parts:
+ * Everything runs on the loop thread, except the commits of results
+ * (outbox_apply_async: the libuv thread pool). The moving parts:
  *   ready     messages taken (leased) from the outbox and not yet handed to
  *             a session, tokencodes first; bounded by ready_max so a long
  *             queue is not held in memory
@@ -9,8 +10,10 @@
  *             from `ready` through on_next, one message at a time
  *             (sender_session.c)
  *   results   outcomes not yet committed; applied by the pump in one
- *             outbox_apply() transaction, gathered for up to
- *             SENDER_APPLY_DELAY_MS while sessions are busy. Room for the
+ *             outbox_apply_async() transaction, gathered for up to
+ *             SENDER_APPLY_DELAY_MS while sessions are busy; while one
+ *             commit is in flight (the batch: aresults, ...) the next
+ *             outcomes gather for the commit after it. Room for the
  *             result of every message held is reserved before it is taken,
  *             so an outcome is never dropped for want of memory. When the
  *             commit fails (a full disk) the results stay here, their
@@ -68,6 +71,7 @@
 #define SENDER_APPLY_BATCH              256
 /* After a store or outbox error, the pump tries again this much later. */
 #define SENDER_RETRY_SOON_MS            1000
+#define SENDER_BUSY_RECHECK_MS          50 /* due, not taken, a commit in flight */
 /* A commit that failed is tried again after backoff from
  * SENDER_RETRY_SOON_MS up to this. */
 #define SENDER_APPLY_RETRY_MAX_MS       (60 * 1000)
@@ -377,40 +381,140 @@ static void sender_results_clear(struct sender *s)
     s->apply_by = 0;
 }
 
-/* Commits every pending result in one transaction. After a failure the
- * results stay, their messages stay leased, and the next try waits for
- * backoff (unless `force`). */
-static void sender_apply(struct sender *s, int64_t now, bool force)
+/* Forgets the batch that was committed (or given back). */
+static void sender_batch_clear(struct sender *s)
 {
-    char error[OUTBOX_ERROR_MAX];
-    uint64_t loop_now = uv_now(s->loop), delay;
-    int rc;
+    for (size_t i = 0; i < s->napply; i++) {
+        outbox_msg_free(s->ardata[i].m);
+        s->ardata[i].m = NULL;
+    }
+    s->napply = 0;
+}
+
+static void sender_batch_swap(struct sender *s)
+{
+    struct outbox_result *r = s->results;
+    struct outbox_rcpts *k = s->keep;
+    struct sender_result_data *d = s->rdata;
+    size_t cap = s->results_cap, n = s->nresults;
+
+    s->results = s->aresults;
+    s->keep = s->akeep;
+    s->rdata = s->ardata;
+    s->results_cap = s->apply_cap;
+    s->nresults = s->napply;
+    s->aresults = r;
+    s->akeep = k;
+    s->ardata = d;
+    s->apply_cap = cap;
+    s->napply = n;
+}
+
+/* Moves the pending results into the batch to commit, behind those of a
+ * batch that failed (which keeps its place). False when memory lacks: the
+ * pending ones then wait for the commit after. */
+static bool sender_batch_fill(struct sender *s)
+{
+    size_t need = s->napply + s->nresults, cap;
+    void *p;
 
     if (s->nresults == 0)
-        return;
-    if (!force && s->apply_failures > 0 && loop_now < s->apply_after)
-        return;
-    for (size_t i = 0; i < s->nresults; i++)
-        s->results[i].error = s->rdata[i].error;
-    rc = outbox_apply_rcpts(s->outbox, s->results, s->keep, s->nresults, now);
+        return true;
+    if (s->napply == 0) {
+        sender_batch_swap(s);
+        /* The pending arrays keep room for every message held
+         * (sender_result_add() never allocates). */
+        if (sender_results_reserve(s, s->nheld) < 0) {
+            sender_batch_swap(s);
+            return false;
+        }
+        s->apply_by = 0;
+        return true;
+    }
+    if (need > s->apply_cap) {
+        cap = need > 2 * s->apply_cap ? need : 2 * s->apply_cap;
+        if ((p = realloc(s->aresults, cap * sizeof(*s->aresults))) == NULL)
+            return false;
+        s->aresults = p;
+        if ((p = realloc(s->akeep, cap * sizeof(*s->akeep))) == NULL)
+            return false;
+        s->akeep = p;
+        if ((p = realloc(s->ardata, cap * sizeof(*s->ardata))) == NULL)
+            return false;
+        s->ardata = p;
+        s->apply_cap = cap;
+    }
+    memcpy(s->aresults + s->napply, s->results, s->nresults * sizeof(*s->results));
+    memcpy(s->akeep + s->napply, s->keep, s->nresults * sizeof(*s->keep));
+    memcpy(s->ardata + s->napply, s->rdata, s->nresults * sizeof(*s->rdata));
+    s->napply = need;
+    s->nresults = 0;
+    s->apply_by = 0;
+    return true;
+}
+
+/* A commit of the batch failed: it stays, its messages stay leased, and
+ * the next try waits for backoff. */
+static void sender_apply_failed(struct sender *s, int rc)
+{
+    char error[OUTBOX_ERROR_MAX];
+    uint64_t delay;
+
+    if (s->apply_failures < UINT32_MAX)
+        s->apply_failures++;
+    delay =
+        backoff_delay(SENDER_RETRY_SOON_MS, SENDER_APPLY_RETRY_MAX_MS, s->apply_failures, &s->rng);
+    s->apply_after = uv_now(s->loop) + delay;
+    log_error("sender apply results=%zu failures=%u retry_in_ms=%" PRIu64
+              " error=\"%s\" note=\"no mail is taken until the outcomes are recorded\"",
+              s->napply, s->apply_failures, delay, error_str(rc));
+    snprintf(error, sizeof(error), "cannot record delivery outcomes: %s", error_str(rc));
+    sender__set_last_error(s, error);
+}
+
+static void sender_on_applied(int rc, void *arg)
+{
+    struct sender *s = arg;
+
+    s->applying = false;
     if (rc < 0) {
-        if (s->apply_failures < UINT32_MAX)
-            s->apply_failures++;
-        delay = backoff_delay(SENDER_RETRY_SOON_MS, SENDER_APPLY_RETRY_MAX_MS, s->apply_failures,
-                              &s->rng);
-        s->apply_after = loop_now + delay;
-        log_error("sender apply results=%zu failures=%u retry_in_ms=%" PRIu64
-                  " error=\"%s\" note=\"no mail is taken until the outcomes are recorded\"",
-                  s->nresults, s->apply_failures, delay, error_str(rc));
-        snprintf(error, sizeof(error), "cannot record delivery outcomes: %s", error_str(rc));
-        sender__set_last_error(s, error);
+        sender_apply_failed(s, rc);
+    } else {
+        if (s->apply_failures > 0)
+            log_info("sender apply results=%zu recovered after %u failures", s->napply,
+                     s->apply_failures);
+        s->apply_failures = 0;
+        sender_batch_clear(s);
+    }
+    /* Results that came meanwhile, mail to take, or a stop to finish. */
+    sender__schedule(s);
+}
+
+/* Commits every pending result (and a batch that failed before) in one
+ * transaction on the thread pool, so that sessions move while it waits
+ * for the disk; one at a time: what comes meanwhile goes with the next.
+ * After a failure the next try waits for backoff (unless `force`). */
+static void sender_apply(struct sender *s, int64_t now, bool force)
+{
+    int rc;
+
+    if (s->applying || (s->nresults == 0 && s->napply == 0))
+        return;
+    if (!force && s->apply_failures > 0 && uv_now(s->loop) < s->apply_after)
+        return;
+    if (!sender_batch_fill(s) && s->napply == 0) {
+        sender_apply_failed(s, -ENOMEM);
         return;
     }
-    if (s->apply_failures > 0)
-        log_info("sender apply results=%zu recovered after %u failures", s->nresults,
-                 s->apply_failures);
-    s->apply_failures = 0;
-    sender_results_clear(s);
+    for (size_t i = 0; i < s->napply; i++)
+        s->aresults[i].error = s->ardata[i].error;
+    rc = outbox_apply_async(s->outbox, s->loop, s->aresults, s->akeep, s->napply, now,
+                            sender_on_applied, s);
+    if (rc < 0) {
+        sender_apply_failed(s, rc);
+        return;
+    }
+    s->applying = true;
 }
 
 /* Stopping, and the outcomes still cannot be recorded: the leases are
@@ -418,16 +522,22 @@ static void sender_apply(struct sender *s, int64_t now, bool force)
  * again, as after a crash, rather than held by a sender that is gone. */
 static void sender_results_abandon(struct sender *s, int64_t now)
 {
-    if (s->nresults == 0)
+    if (s->nresults == 0 && s->napply == 0)
         return;
     log_error("sender stop: outcomes of %zu messages not recorded: they will be sent again",
-              s->nresults);
+              s->nresults + s->napply);
     for (size_t i = 0; i < s->nresults; i++) {
         s->results[i].outcome = OUTBOX_RELEASE;
         s->keep[i].nrcpts = 0;
     }
+    for (size_t i = 0; i < s->napply; i++) {
+        s->aresults[i].outcome = OUTBOX_RELEASE;
+        s->akeep[i].nrcpts = 0;
+    }
     (void)outbox_apply_rcpts(s->outbox, s->results, s->keep, s->nresults, now);
+    (void)outbox_apply_rcpts(s->outbox, s->aresults, s->akeep, s->napply, now);
     sender_results_clear(s);
+    sender_batch_clear(s);
 }
 
 /* True when a session may still produce an outcome: it is connecting,
@@ -446,11 +556,15 @@ static void sender_apply_soon(struct sender *s, int64_t now)
 {
     uint64_t loop_now = uv_now(s->loop);
 
-    if (s->nresults == 0)
+    if (s->nresults == 0) {
+        if (s->napply > 0)
+            sender_apply(s, now, false); /* a failed batch, when its backoff ends */
         return;
+    }
     if (s->apply_by == 0)
         s->apply_by = loop_now + SENDER_APPLY_DELAY_MS;
-    if (s->nresults >= SENDER_APPLY_BATCH || loop_now >= s->apply_by || !sender_busy(s))
+    if (s->nresults >= SENDER_APPLY_BATCH || loop_now >= s->apply_by || !sender_busy(s) ||
+        s->napply > 0)
         sender_apply(s, now, false);
 }
 
@@ -618,7 +732,7 @@ static bool sender_release_waiting(struct sender *s, int64_t now)
     if (s->nwaiting == 0 || s->cfg == NULL || !s->cfg->usable)
         return false;
     sender_apply(s, now, false);
-    if (s->nresults > 0)
+    if (s->nresults > 0 || s->napply > 0)
         return false; /* not committed yet: next time */
     for (size_t i = 0; i < s->nwaiting; i++) {
         rc = outbox_retry(s->outbox, s->waiting[i], now);
@@ -690,9 +804,13 @@ static void sender_on_handle_closed(uv_handle_t *h)
         done(arg);
     sender__cfg_unref(s->cfg);
     sender_results_clear(s);
+    sender_batch_clear(s);
     free(s->results);
     free(s->keep);
     free(s->rdata);
+    free(s->aresults);
+    free(s->akeep);
+    free(s->ardata);
     free(s->helo);
     free(s);
 }
@@ -734,9 +852,10 @@ static void sender_arm(struct sender *s, int64_t now)
         uv_timer_start(&s->wake, sender_on_wake, SENDER_RETRY_SOON_MS, 0);
         return;
     }
-    if (s->nresults > 0) {
+    if (!s->applying && (s->nresults > 0 || s->napply > 0)) {
         /* Results wait for their commit (or for the next try of a failed
-         * one): come back by then at the latest. */
+         * one): come back by then at the latest. While a commit is in
+         * flight, its end runs the pump. */
         uint64_t by = s->apply_failures > 0 ? s->apply_after : s->apply_by;
 
         uv_timer_start(&s->wake, sender_on_wake, by > loop_now ? by - loop_now : 0, 0);
@@ -749,6 +868,12 @@ static void sender_arm(struct sender *s, int64_t now)
     next = outbox_next_due(s->outbox);
     if (next == INT64_MAX) {
         uv_timer_stop(&s->wake);
+        return;
+    }
+    if (next <= now && outbox_busy(s->outbox)) {
+        /* Due but not taken: what only a write can handle (expired mail),
+         * which waits for the commit in flight; its end wakes us. */
+        uv_timer_start(&s->wake, sender_on_wake, SENDER_BUSY_RECHECK_MS, 0);
         return;
     }
     uv_timer_start(&s->wake, sender_on_wake, next > now ? (uint64_t)(next - now) : 0, 0);
@@ -770,7 +895,15 @@ static void sender_pump_run(struct sender *s)
             sender_arm(s, now);
             return;
         }
-        sender_apply(s, now, true);
+        if (s->applying)
+            return; /* its end runs the pump again */
+        if (!s->stop_applied) {
+            /* One last try, whatever the backoff. */
+            s->stop_applied = true;
+            sender_apply(s, now, true);
+            if (s->applying)
+                return;
+        }
         sender_results_abandon(s, now);
         sender_finish(s);
         return;

@@ -129,6 +129,16 @@ struct sender {
     struct outbox_rcpts *keep;
     struct sender_result_data *rdata;
     size_t nresults, results_cap;
+    /* The results being committed on the thread pool (outbox_apply_async),
+     * or whose commit failed and waits for its next try: arrays in step as
+     * above, swapped with the pending ones when a commit starts, owned
+     * here, borrowed by the outbox while `applying`. */
+    struct outbox_result *aresults;
+    struct outbox_rcpts *akeep;
+    struct sender_result_data *ardata;
+    size_t napply, apply_cap;
+    bool applying;           /* a commit is in flight: stopping waits for it */
+    bool stop_applied;       /* stopping: the last forced commit was tried */
     uint64_t apply_by;       /* loop time by which pending results are committed */
     unsigned apply_failures; /* commits failed in a row */
     uint64_t apply_after;    /* after a failed commit: loop time of the next try */

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <lmdb.h>
 #include <uv.h>
 
 #include "error.h"
@@ -32,6 +34,14 @@
 #include "testutil.h"
 
 #define MESSAGE "Subject: intake\r\nTo: a@example.com\r\n\r\nbody\r\n"
+
+/* The outbox's write lock, held by a thread (test_node_intake_group_*). */
+struct writer_lock {
+    const char *dir;
+    pthread_t thread;
+    atomic_int locked; /* 1: held; -1: could not */
+    atomic_int release;
+};
 
 struct fx {
     uv_loop_t loop;
@@ -50,6 +60,10 @@ struct fx {
     char errors[16][256];
     int32_t codes[16];
     size_t listed_pending, listed_dead;
+    /* Group commit: the lock holding the first commit, the steps. */
+    struct writer_lock lock;
+    atomic_int stage;
+    int ticks, held_ticks;
 };
 
 static void on_wake(void *arg)
@@ -447,6 +461,113 @@ static void test_node_intake_refuses_once_stopped(void **state)
     assert_int_equal(fx->codes[1], ERROR_CONFLICT);
 }
 
+/* ---- group commit ---- */
+
+/* Holds the outbox's LMDB write lock from a thread of its own, as a slow
+ * disk holds a commit, until `release` is set. */
+static void *writer_lock_main(void *arg)
+{
+    struct writer_lock *w = arg;
+    MDB_env *env = NULL;
+    MDB_txn *txn;
+
+    if (mdb_env_create(&env) != 0 || mdb_env_set_maxdbs(env, 8) != 0 ||
+        mdb_env_open(env, w->dir, MDB_NOTLS, 0600) != 0 || mdb_txn_begin(env, NULL, 0, &txn) != 0) {
+        atomic_store(&w->locked, -1);
+        mdb_env_close(env);
+        return NULL;
+    }
+    atomic_store(&w->locked, 1);
+    while (atomic_load(&w->release) == 0)
+        usleep(500);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return NULL;
+}
+
+static void writer_lock_take(struct writer_lock *w, const char *dir)
+{
+    w->dir = dir;
+    assert_int_equal(pthread_create(&w->thread, NULL, writer_lock_main, w), 0);
+    while (atomic_load(&w->locked) == 0)
+        usleep(200);
+    assert_int_equal(atomic_load(&w->locked), 1);
+}
+
+static void writer_lock_release(struct writer_lock *w)
+{
+    atomic_store(&w->release, 1);
+    assert_int_equal(pthread_join(w->thread, NULL), 0);
+}
+
+/* On the loop: once the first submission's commit is in flight, lets the
+ * client send three more; once those are read and queued behind it,
+ * lets the commit go. */
+static void on_group_tick(uv_timer_t *t)
+{
+    struct fx *fx = t->data;
+
+    if (atomic_load(&fx->stage) == 0 && fx->intake.committing && fx->intake.nflight == 1)
+        atomic_store(&fx->stage, 1);
+    if (atomic_load(&fx->stage) == 1 && fx->intake.nbatch == 3) {
+        atomic_store(&fx->stage, 2);
+        fx->held_ticks = fx->ticks;
+        writer_lock_release(&fx->lock);
+        uv_close((uv_handle_t *)t, NULL);
+    }
+    fx->ticks++;
+}
+
+static void *client_first(void *arg)
+{
+    static const char *r[] = {"first@example.com", NULL};
+    struct fx *fx = arg;
+    Smtpsync__Frame f;
+    Smtpsync__SubmitRequest s;
+
+    submission(&f, &s, 9, r, MESSAGE);
+    call_submit(fx, 4, &f);
+    return NULL;
+}
+
+static void client_group(struct fx *fx)
+{
+    pthread_t first;
+
+    if (pthread_create(&first, NULL, client_first, fx) != 0)
+        return;
+    while (atomic_load(&fx->stage) < 1)
+        usleep(200);
+    client_three_in_one_write(fx);
+    pthread_join(first, NULL);
+}
+
+/* Submissions read while a commit is in flight (the loop keeps reading)
+ * wait, and go together in the next commit: two commits for four. */
+static void test_node_intake_group_commit_while_in_flight(void **state)
+{
+    struct fx *fx = *state;
+    char obdir[4200];
+    uv_timer_t t;
+
+    snprintf(obdir, sizeof(obdir), "%s/outbox", fx->dir);
+    writer_lock_take(&fx->lock, obdir);
+    uv_timer_init(&fx->loop, &t);
+    t.data = fx;
+    uv_timer_start(&t, on_group_tick, 1, 1);
+    run_with_client(fx, client_group);
+    assert_int_equal(atomic_load(&fx->stage), 2);
+    assert_true(fx->held_ticks >= 1);
+    assert_int_equal(fx->rc[4], 0);
+    assert_int_equal(fx->ids[4], 1);
+    assert_int_equal(fx->ids[0], 2);
+    assert_int_equal(fx->ids[1], 3);
+    assert_int_equal(fx->ids[2], 4);
+    /* One wake-up per commit. */
+    assert_int_equal(fx->wakes, 2);
+    assert_int_equal(outbox_verify(fx->outbox), 0);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -455,6 +576,7 @@ int main(void)
         T(test_node_intake_refuses_bad_submissions),
         T(test_node_intake_queue_list_retry_drop),
         T(test_node_intake_refuses_once_stopped),
+        T(test_node_intake_group_commit_while_in_flight),
     };
 #undef T
 

@@ -10,15 +10,19 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <lmdb.h>
+#include <uv.h>
 
 #include "error.h"
 #include "outbox.h"
@@ -1326,6 +1330,179 @@ static void test_outbox_apply_failure_keeps_lease(void **state)
     assert_depth(f->ob, 0, 0, 0);
 }
 
+/* ---- commits on the thread pool ---- */
+
+/* Holds the outbox's LMDB write lock from a thread of its own, as a slow
+ * disk holds a commit, until `release` is set. */
+struct writer_lock {
+    const char *dir;
+    pthread_t thread;
+    atomic_int locked; /* 1: held; -1: could not */
+    atomic_int release;
+};
+
+static void *writer_lock_main(void *arg)
+{
+    struct writer_lock *w = arg;
+    MDB_env *env = NULL;
+    MDB_txn *txn;
+
+    if (mdb_env_create(&env) != 0 || mdb_env_set_maxdbs(env, 8) != 0 ||
+        mdb_env_open(env, w->dir, MDB_NOTLS, 0600) != 0 || mdb_txn_begin(env, NULL, 0, &txn) != 0) {
+        atomic_store(&w->locked, -1);
+        mdb_env_close(env);
+        return NULL;
+    }
+    atomic_store(&w->locked, 1);
+    while (atomic_load(&w->release) == 0)
+        usleep(500);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return NULL;
+}
+
+static void writer_lock_take(struct writer_lock *w, const char *dir)
+{
+    memset(w, 0, sizeof(*w));
+    w->dir = dir;
+    assert_int_equal(pthread_create(&w->thread, NULL, writer_lock_main, w), 0);
+    while (atomic_load(&w->locked) == 0)
+        usleep(200);
+    assert_int_equal(atomic_load(&w->locked), 1);
+}
+
+static void writer_lock_release(struct writer_lock *w)
+{
+    atomic_store(&w->release, 1);
+    assert_int_equal(pthread_join(w->thread, NULL), 0);
+}
+
+struct async_run {
+    struct outbox *ob;
+    struct writer_lock lock;
+    uv_timer_t timer;
+    int ticks;
+    int done;
+    bool released;
+};
+
+struct async_job {
+    struct async_run *run;
+    int rc;
+    int order;    /* 1 + how many jobs completed before this one */
+    int ticks_at; /* timer ticks seen when it completed */
+    bool busy_at; /* outbox_busy() in the callback */
+};
+
+static void on_async_tick(uv_timer_t *t)
+{
+    struct async_run *r = t->data;
+
+    r->ticks++;
+    /* The loop turned five times while the commit waited: let it go. */
+    if (r->ticks == 5 && !r->released) {
+        r->released = true;
+        writer_lock_release(&r->lock);
+    }
+    if (r->done == 2)
+        uv_close((uv_handle_t *)t, NULL);
+}
+
+static void on_async_done(int rc, void *arg)
+{
+    struct async_job *j = arg;
+
+    j->rc = rc;
+    j->order = ++j->run->done;
+    j->ticks_at = j->run->ticks;
+    j->busy_at = outbox_busy(j->run->ob);
+}
+
+/* While a commit is held up (the write lock is taken elsewhere), the loop
+ * keeps turning, takes still work (read only), and a second job waits for
+ * the first; each callback runs after its commit, in order. */
+static void test_outbox_submit_async_loop_runs(void **state)
+{
+    struct fixture *f = *state;
+    struct async_run r = {.ob = f->ob};
+    struct async_job j0 = {.run = &r}, j1 = {.run = &r};
+    struct outbox_new two[2] = {new_msg(OUTBOX_TOKENCODE, "a\r\n"),
+                                new_msg(OUTBOX_REPORT, "b\r\n")};
+    struct outbox_new one = new_msg(OUTBOX_TOKENCODE, "c\r\n"), bad = one;
+    uint64_t ids0[2] = {0, 0}, id1 = 0, before, taken[8];
+    uv_loop_t loop;
+
+    before = submit(f->ob, OUTBOX_TOKENCODE, "before\r\n", NOW);
+    assert_false(outbox_busy(f->ob));
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(uv_timer_init(&loop, &r.timer), 0);
+    r.timer.data = &r;
+    assert_int_equal(uv_timer_start(&r.timer, on_async_tick, 1, 1), 0);
+    writer_lock_take(&r.lock, f->dir);
+
+    assert_int_equal(outbox_submit_async(f->ob, &loop, two, 2, NOW, ids0, on_async_done, &j0), 0);
+    assert_int_equal(outbox_submit_async(f->ob, &loop, &one, 1, NOW, &id1, on_async_done, &j1), 0);
+    /* Refused at once, no callback. */
+    bad.nrcpts = 0;
+    assert_int_equal(outbox_submit_async(f->ob, &loop, &bad, 1, NOW, &id1, on_async_done, &j1),
+                     ERROR_INVALID);
+    assert_true(outbox_busy(f->ob));
+    /* A take does not wait for the writer: it reads what is committed. */
+    assert_int_equal(take_ids(f->ob, NOW, 8, taken), 1);
+    assert_int_equal(taken[0], before);
+
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    assert_true(r.released);
+    assert_int_equal(j0.rc, 0);
+    assert_int_equal(j1.rc, 0);
+    assert_int_equal(j0.order, 1);
+    assert_int_equal(j1.order, 2);
+    assert_true(j0.ticks_at >= 5);
+    assert_true(j0.busy_at); /* j1 was queued behind it */
+    assert_false(outbox_busy(f->ob));
+    assert_int_equal(ids0[0], before + 1);
+    assert_int_equal(ids0[1], before + 2);
+    assert_int_equal(id1, before + 3);
+    assert_depth(f->ob, 3, 1, 0);
+    assert_int_equal(outbox_verify(f->ob), 0);
+}
+
+/* An expired message met by a take while a job is in flight is neither
+ * handed out nor moved (that needs the writer); it is moved once the job
+ * is done. */
+static void test_outbox_take_while_busy_defers_expiry(void **state)
+{
+    struct fixture *f = *state;
+    struct async_run r = {.ob = f->ob};
+    struct async_job j0 = {.run = &r};
+    struct outbox_new m = new_msg(OUTBOX_TOKENCODE, "x\r\n"), y = new_msg(OUTBOX_REPORT, "y\r\n");
+    uint64_t id = 0;
+    uv_loop_t loop;
+
+    m.expires_ms = NOW + MINUTE;
+    submit(f->ob, OUTBOX_REPORT, "old\r\n", NOW);
+    assert_int_equal(outbox_submit(f->ob, &m, 1, NOW, &id), 0);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(uv_timer_init(&loop, &r.timer), 0);
+    r.timer.data = &r;
+    assert_int_equal(uv_timer_start(&r.timer, on_async_tick, 1, 1), 0);
+    writer_lock_take(&r.lock, f->dir);
+    r.done = 1; /* one job only: the timer closes once it is done */
+    assert_int_equal(outbox_submit_async(f->ob, &loop, &y, 1, NOW, &id, on_async_done, &j0), 0);
+    /* Expired (tokencode) is skipped and stays; the report is handed out. */
+    assert_int_equal(take_ids(f->ob, NOW + 2 * MINUTE, 8, NULL), 1);
+    assert_depth(f->ob, 1, 1, 0);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    assert_int_equal(j0.rc, 0);
+    /* Swept once the commit was done: the expired one went to dead. */
+    assert_depth(f->ob, 0, 2, 1);
+    /* The new report is handed out. */
+    assert_int_equal(take_ids(f->ob, NOW + 2 * MINUTE, 8, NULL), 1);
+    assert_depth(f->ob, 0, 2, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1358,6 +1535,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outbox_corrupt_meta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_reopen_keeps_everything, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_each_stops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_submit_async_loop_runs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_take_while_busy_defers_expiry, setup, teardown),
         cmocka_unit_test(test_outbox_open_refuses),
     };
 
