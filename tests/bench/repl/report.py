@@ -168,7 +168,12 @@ def main():
         sys.exit(__doc__)
     md = sys.argv[1] == "markdown"
     recs = load(sys.argv[2])
-    f = lambda x: f"{x:.0f}" if x == x else "-"
+    def f(x):
+        if x != x:
+            return "-"
+        t = f"{x:.0f}"
+        return "0" if t == "-0" else t
+
     lat = latency_rows(recs)
     if lat:
         print(table(["replicas N", "saves", "save returned -> last Ack: p50 / p99 / max ms",
