@@ -359,7 +359,9 @@ static void do_promote(const struct admin_req *rq, const Smtpsync__PromoteReques
         goto send;
     }
     err = rq->h->promote(rq->h->arg, m->force, &epoch, why, sizeof(why));
-    if (err == ERROR_CONFLICT)
+    if (err == ERROR_CONFLICT && strstr(why, "--force") != NULL)
+        admin__out_error(&o, err, "not promoted: %s", why); /* the node named it already */
+    else if (err == ERROR_CONFLICT)
         admin__out_error(&o, err, "not promoted: %s (--force promotes anyway)",
                          why[0] != '\0' ? why : "this node lags behind the primary");
     else if (err < 0)

@@ -29,6 +29,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 
 #include "error.h"
 #include "frame.h"
@@ -380,6 +381,45 @@ static void peer_set_why(struct peer *p, const char *fmt, ...)
 }
 
 /*
+ * A client certificate that does not verify (another CA, expired) has no
+ * id to log: say who it claims to be, its subject and DNS names, quoted
+ * since nothing of it can be trusted.
+ */
+static void peer_log_presented(const struct peer *p, X509_STORE_CTX *x)
+{
+    X509 *leaf = X509_STORE_CTX_get0_cert(x);
+    GENERAL_NAMES *names =
+        leaf != NULL ? X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL) : NULL;
+    char subject[256] = "", san[256] = "", qsubject[300], qsan[300];
+    size_t used = 0;
+
+    if (leaf != NULL &&
+        X509_NAME_oneline(X509_get_subject_name(leaf), subject, (int)sizeof(subject)) == NULL)
+        subject[0] = '\0';
+    for (int i = 0; names != NULL && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        const unsigned char *d;
+        int n;
+
+        if (g->type != GEN_DNS)
+            continue;
+        d = ASN1_STRING_get0_data(g->d.dNSName);
+        n = ASN1_STRING_length(g->d.dNSName);
+        for (int k = -1; k < n && used + 1 < sizeof(san); k++) {
+            if (k < 0 && used == 0)
+                continue; /* no separator before the first name */
+            san[used++] = k < 0 ? ',' : (d[k] != '\0' ? (char)d[k] : '?');
+        }
+        san[used] = '\0';
+    }
+    GENERAL_NAMES_free(names);
+    log_warnx("peer refused certificate remote=%s side=server subject=%s san=%s error=\"%s\"",
+              p->remote[0] ? p->remote : p->address, log_quote(qsubject, sizeof(qsubject), subject),
+              log_quote(qsan, sizeof(qsan), san),
+              X509_verify_cert_error_string(X509_STORE_CTX_get_error(x)));
+}
+
+/*
  * The verification callback of every session: at depth 0, once OpenSSL
  * found the chain valid, the certificate's id must be the expected one
  * (client) or be authorized (server). Anything refused here fails the
@@ -392,6 +432,8 @@ static int peer_verify_cb(int ok, X509_STORE_CTX *x)
     char id[MTLS_ID_MAX + 1];
     char why[PEER_REASON_MAX];
 
+    if (p != NULL && !ok && p->listener != NULL)
+        peer_log_presented(p, x); /* once: returning 0 ends the verification */
     if (p == NULL || X509_STORE_CTX_get_error_depth(x) != 0)
         return ok;
     if (!ok) {

@@ -230,6 +230,9 @@ struct repl_node {
     struct repl_replica *agent;
     struct repl_primary *pusher;
     bool is_primary;
+    /* The epoch that fenced this node's pusher, kept once the new primary
+     * made it a replica (status still says so); 0 again when it pushes. */
+    uint64_t fenced_epoch;
     uint64_t revision; /* the last revision acted upon */
     struct admin_hooks hooks;
     struct admin_req *reqs;

@@ -164,8 +164,8 @@ static void on_fenced(void *arg, const char *by, uint64_t epoch)
     struct repl_node *rn = arg;
 
     (void)by;
-    (void)epoch;
     rn->is_primary = false;
+    rn->fenced_epoch = epoch;
 }
 
 void repl__pusher_stop(struct repl_node *rn)
@@ -195,8 +195,10 @@ static int pusher_start(struct repl_node *rn)
     if ((rc = repl_primary_start(&pp, &rn->pusher)) != 0) {
         rn->pusher = NULL;
         log_error("cannot start pushing to the replicas: %s", error_str(rc));
+        return rc;
     }
-    return rc;
+    rn->fenced_epoch = 0; /* the primary again (promoted): not fenced */
+    return 0;
 }
 
 /* Who is the primary now? Starts or stops the pusher to match. */
@@ -277,8 +279,8 @@ int repl_node_status(struct repl_node *rn, Smtpsync__StatusReply **out)
     ns->dead_count = dead;
     ns->cert_expiry_ms = (int64_t)mtls_ctx_expiry(rn->ctx) * 1000;
     repl_replica_primary_info(rn->agent, &ns->primary_revision, &ns->last_push_ms);
+    ns->fenced_epoch = rn->fenced_epoch;
     if (rn->pusher != NULL) {
-        (void)repl_primary_fenced(rn->pusher, &ns->fenced_epoch);
         if ((rc = repl_primary_status(rn->pusher, reply)) != 0)
             goto fail;
     }
@@ -320,8 +322,7 @@ int repl_node_promote(struct repl_node *rn, bool force, uint64_t *epoch, char *w
         rc = ERROR_CONFLICT;
         goto out;
     }
-    if (rn->pusher != NULL)
-        (void)repl_primary_fenced(rn->pusher, &fenced_epoch);
+    fenced_epoch = rn->fenced_epoch;
     next = (info.epoch > fenced_epoch ? info.epoch : fenced_epoch) + 1;
     old_primary = repl_membership_primary(m);
     if ((rc = view_alloc(&v, m->n_members + 1 + rn->cfg.nreplicas)) != 0) {

@@ -3,10 +3,15 @@
  * node's listener, connection by connection:
  *
  *   Hello     epoch lower than ours: Fenced{our epoch}, then close;
+ *             from this node's own id: refused (a primary never takes
+ *             pushes at its own epoch);
  *             our epoch from a member that is not the primary: refused;
- *             else (the primary, or any member with a higher epoch, i.e.
- *             a promoted node): the epoch and membership are adopted and
- *             State{...} answers; the connection may now push
+ *             a higher epoch whose membership does not name the sender
+ *             (its certificate's id, which the Hello's node must match) the
+ *             primary: refused, nothing adopted;
+ *             else (the primary, or a promoted node): the epoch and
+ *             membership are adopted and State{...} answers; the
+ *             connection may now push
  *   Delta     applied in one transaction: Ack{revision, hash}; a chain
  *             mismatch: Diverged{revision, expected, actual}; a delta that
  *             does not start at our revision: our State (the primary
@@ -243,6 +248,18 @@ static void on_hello(struct repl_replica *rr, struct session *s, uint64_t id,
         send_fenced(s->p, id, info.epoch);
         goto out;
     }
+    if (strcmp(from, rr->node_id) == 0) {
+        /* This node's own id: a node never pushes to itself, and a primary
+         * never takes pushes at its own epoch (nor does anyone holding a
+         * copy of its certificate). */
+        snprintf(why, sizeof(why), "%s is this node's own id%s: it never pushes to itself", from,
+                 repl_membership_primary(m) != NULL &&
+                         strcmp(repl_membership_primary(m), rr->node_id) == 0
+                     ? " (this node is the primary)"
+                     : "");
+        refuse(s->p, id, ERROR_FORBIDDEN, why);
+        goto out;
+    }
     primary = repl_membership_primary(m);
     if (primary == NULL && m->n_members == 0 && rr->configured_primary[0] != '\0')
         primary = rr->configured_primary;
@@ -254,6 +271,29 @@ static void on_hello(struct repl_replica *rr, struct session *s, uint64_t id,
         goto out;
     }
     if (h->epoch > info.epoch) {
+        /* Only a promoted node may raise the epoch, and it always sends its
+         * membership naming itself the primary: anyone else's higher epoch
+         * would fence the real primary (one Hello would leave the cluster
+         * without one). The certificate's id decides; the Hello's node
+         * field must agree with it. */
+        const char *named = repl_membership_primary(h->membership);
+
+        if (h->node == NULL || strcmp(h->node, from) != 0 || named == NULL ||
+            strcmp(named, from) != 0) {
+            char qnode[MTLS_ID_MAX + 16], qnamed[MTLS_ID_MAX + 16];
+
+            log_quote(qnode, sizeof(qnode), h->node != NULL ? h->node : "");
+            log_quote(qnamed, sizeof(qnamed), named != NULL ? named : "");
+            log_warnx("refused epoch %" PRIu64 " from %s (ours is %" PRIu64
+                      "): its Hello does not name it the primary (node=%s, primary=%s)",
+                      h->epoch, from, info.epoch, qnode, qnamed);
+            snprintf(why, sizeof(why),
+                     "%s is not the primary of epoch %" PRIu64
+                     ": a higher epoch needs a membership naming the sender the primary",
+                     from, h->epoch);
+            refuse(s->p, id, ERROR_FORBIDDEN, why);
+            goto out;
+        }
         if ((rc = store_repl_set_epoch(rr->store, h->epoch)) != 0) {
             refuse(s->p, id, rc, "cannot adopt the new epoch");
             goto out;

@@ -154,7 +154,16 @@ static cJSON *node_json(const Smtpsync__NodeStatus *n)
         !ctl_output_json_add(o, "outbox_depth", json_u64(n->outbox_depth)) ||
         !ctl_output_json_add(o, "dead_count", json_u64(n->dead_count)) ||
         !ctl_output_json_add(o, "version", ctl_output_json_string(n->version)) ||
-        !ctl_output_json_add(o, "cert_expiry", json_time(n->cert_expiry_ms))) {
+        !ctl_output_json_add(o, "cert_expiry", json_time(n->cert_expiry_ms)) ||
+        !ctl_output_json_add(o, "primary",
+                             n->primary != NULL && n->primary[0] != '\0'
+                                 ? cJSON_CreateString(n->primary)
+                                 : cJSON_CreateNull()) ||
+        !ctl_output_json_add(o, "primary_revision", json_u64(n->primary_revision)) ||
+        !ctl_output_json_add(o, "last_push", json_time(n->last_push_ms)) ||
+        !ctl_output_json_add(o, "fenced_epoch",
+                             n->fenced_epoch != 0 ? json_u64(n->fenced_epoch)
+                                                  : cJSON_CreateNull())) {
         cJSON_Delete(o);
         return NULL;
     }
@@ -247,7 +256,22 @@ static void node_text(const Smtpsync__NodeStatus *n)
            n->node != NULL && n->node[0] != '\0' ? ctl_quote(n->node, q, sizeof(q))
                                                  : "(this store)",
            role != NULL ? " (" : "", role != NULL ? role : "", role != NULL ? ")" : "");
+    /* A fenced old primary still says "primary" in its membership view:
+     * this line is what tells the operator it is not one any more. */
+    if (n->fenced_epoch != 0)
+        printf("fenced:      FENCED by epoch %" PRIu64
+               ": a newer primary exists; this node pushes nothing\n",
+               n->fenced_epoch);
     printf("epoch:       %" PRIu64 "\n", n->epoch);
+    /* Whom it follows; not itself (the primary, or one fenced by a newer). */
+    if (n->primary != NULL && n->primary[0] != '\0' &&
+        (n->node == NULL || strcmp(n->primary, n->node) != 0)) {
+        printf("primary:     %s", ctl_quote(n->primary, q, sizeof(q)));
+        if (n->primary_revision != 0 || n->last_push_ms != 0)
+            printf(" (revision %" PRIu64 ", last heard from %s)", n->primary_revision,
+                   when(n->last_push_ms, t, sizeof(t), "never"));
+        fputc('\n', stdout);
+    }
     printf("revision:    %" PRIu64 " (hash %s, saved %s)\n", n->revision, hash,
            when(n->revision_time_ms, t, sizeof(t), "never"));
     if (n->version != NULL && n->version[0] != '\0')

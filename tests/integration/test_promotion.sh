@@ -133,7 +133,23 @@ fenced_shown() {
     as monitor primary status
     [[ $OUT == *fenced* ]]
 }
+# Until site-b's next push makes it a replica of epoch 2, both forms say by
+# which epoch it was fenced (one poll, both in the same window).
+fenced_epoch_shown() {
+    as monitor primary status --json
+    [ "$RC" -eq 0 ] && [ "$(json 'd["node"].get("fenced_epoch")')" = 2 ] || return 1
+    as monitor primary status
+    [[ $OUT == *"FENCED by epoch 2: a newer primary exists"* ]]
+}
 assert_true "the old primary's status says fenced" wait_until 10 fenced_shown
+assert_true "the old primary's status (text and --json) says FENCED by epoch 2" \
+    wait_until 10 fenced_epoch_shown
+as monitor site-c status --json
+assert_eq "site-c's status --json: its primary" site-b "$(json 'd["node"]["primary"]')"
+assert_eq "site-c's status --json: last push known" True \
+    "$(json 'str(d["node"]["last_push"] is not None)')"
+assert_eq "site-b's status --json: not fenced" None \
+    "$(as monitor site-b status --json && json 'str(d["node"]["fenced_epoch"])')"
 as monitor primary status
 printf -- '--- smtpsyncctl status on the old primary:\n%s\n---\n' "$OUT"
 assert_false "the old primary does not claim to be the primary" \

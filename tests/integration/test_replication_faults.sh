@@ -352,6 +352,27 @@ assert_match "site-c's Hello to site-b: closed, not the primary" "$OUT" \
     'result=closed error code=-?[0-9]+ message=.*not the primary'
 assert_true "site-b logged the refusal of site-c" log_has site-b "refused site-c"
 assert_eq "site-b: still the primary's state" "$(state_of primary)" "$(state_of site-b)"
+# A member's higher epoch, without a membership naming it the primary, would
+# fence the real primary: refused, nothing adopted.
+log_mark site-b
+raw site-b "$PKI/site-c" hello --node site-c --epoch 5 --revision 99
+assert_match "site-c's Hello at epoch 5 to site-b: closed, not the primary" "$OUT" \
+    'result=closed error code=-?[0-9]+ message=.*not the primary of epoch 5'
+assert_true "site-b logged the refused epoch" log_has site-b "refused epoch 5 from site-c"
+as monitor site-b status --json
+assert_eq "site-b: still at epoch 1" 1 "$(json 'd["node"]["epoch"]')"
+# The primary's own id, at its own epoch, to the primary: it takes no push.
+log_mark primary
+raw primary "$PKI/primary" hello --node primary --epoch 1 --revision 99
+assert_match "the primary's own id, Hello to the primary: closed" "$OUT" \
+    'result=closed error code=-?[0-9]+ message=.*own id'
+assert_true "the primary logged the refusal" log_has primary "refused primary"
+save_change primary "after the hostile Hellos"
+wait_same 15 primary "${REPLICAS[@]}"
+as monitor primary status --json
+assert_eq "the primary is still the primary" primary "$(json 'd["node"]["role"]')"
+assert_eq "the primary is not fenced" None "$(json 'str(d["node"]["fenced_epoch"])')"
+assert_eq "the primary: still epoch 1" 1 "$(json 'd["node"]["epoch"]')"
 
 step "expired and wrong-CA certificates"
 admin_cert "$T/alice-expired" alice "$PKI/ca" 20200101000000Z 20200201000000Z
@@ -376,6 +397,9 @@ for n in primary site-b; do
     done
     assert_true "$n logged the expired certificate" log_has "$n" "certificate has expired"
     assert_true "$n logged the wrong CA" log_has "$n" "unable to get local issuer certificate"
+    assert_true "$n logged who presented the wrong-CA certificate" \
+        log_has "$n" 'peer refused certificate remote=127.0.0.1'
+    assert_true "$n logged its subject and names" log_has "$n" 'subject="/CN=alice" san="alice"'
     assert_true "$n still answers status" node_answers "$n"
 done
 # A daemon given such a certificate does not start, and says why.

@@ -37,6 +37,7 @@ struct fake_node {
     admin_done_cb sync_done;
     void *sync_arg;
     /* promote */
+    bool why_names_force; /* the refusal's why names --force itself */
     unsigned promote_calls;
     bool promote_force;
     /* run_test */
@@ -138,7 +139,9 @@ static int fake_promote(void *arg, bool force, uint64_t *epoch, char *why, size_
         return ERROR_INVALID;
     }
     if (n->lagging && !force) {
-        snprintf(why, whylen, "this node is 3 revisions behind the primary");
+        /* As repl_node_role.c says it, --force hint included. */
+        snprintf(why, whylen, "this node is 3 revisions behind the primary%s",
+                 n->why_names_force ? "; promote --force makes it primary anyway" : "");
         return ERROR_CONFLICT;
     }
     n->promote_calls++;
@@ -658,6 +661,12 @@ static void test_admin_promote_refuses_a_lagging_node_unless_forced(void **state
     assert_int_equal(rep->code, ERROR_CONFLICT);
     assert_non_null(strstr(rep->error, "3 revisions behind"));
     assert_non_null(strstr(rep->error, "--force"));
+    /* A why that names --force already: the hint is not added twice. */
+    f->node.why_names_force = true;
+    rep = handle(f, ADMIN_ROLE_SUPER_ADMIN, &fr);
+    assert_int_equal(rep->code, ERROR_CONFLICT);
+    assert_non_null(strstr(rep->error, "--force"));
+    assert_null(strstr(strstr(rep->error, "--force") + 1, "--force"));
     pr.force = true;
     rep = handle(f, ADMIN_ROLE_SUPER_ADMIN, &fr);
     assert_int_equal(rep->code, 0);

@@ -1045,6 +1045,11 @@ static void test_repl_promotion_and_fenced_old_primary(void **state)
     assert_true(run_until(&b, pred_old_primary_synced, NULL, 3000));
     assert_int_equal(info_of(b.p.st).epoch, 2);
     assert_false(repl_node_is_primary(b.p.rn));
+    /* A replica of site-b now, and its status still says it was fenced. */
+    r = status_of(&b.p);
+    assert_int_equal(r->node->fenced_epoch, 2);
+    assert_string_equal(r->node->primary, "site-b");
+    smtpsync__status_reply__free_unpacked(r, NULL);
     bench_free(&b);
 }
 
@@ -1242,6 +1247,127 @@ static void test_repl_refusals(void **state)
     bench_free(&b);
 }
 
+/* A Hello from a hand-driven member: NODE in its node field and, when
+ * NAMED is not NULL, a membership naming NAMED the primary (and the other
+ * members replicas). */
+static void send_hello_named(struct raw_peer *rp, uint64_t id, uint64_t epoch, const char *node,
+                             const char *named)
+{
+    static const char *const ids[] = {"primary", "site-b", "site-c", "site-d"};
+    Smtpsync__Member members[4], *mp[4];
+    Smtpsync__Membership m;
+    Smtpsync__Frame f;
+    Smtpsync__Hello h;
+
+    smtpsync__membership__init(&m);
+    for (size_t i = 0; i < 4; i++) {
+        smtpsync__member__init(&members[i]);
+        members[i].node = (char *)(uintptr_t)ids[i];
+        members[i].address = "127.0.0.1:1";
+        members[i].role = named != NULL && strcmp(named, ids[i]) == 0
+                              ? SMTPSYNC__ROLE__ROLE_PRIMARY
+                              : SMTPSYNC__ROLE__ROLE_REPLICA;
+        mp[i] = &members[i];
+    }
+    m.n_members = 4;
+    m.members = mp;
+    smtpsync__hello__init(&h);
+    h.node = (char *)(uintptr_t)node;
+    h.epoch = epoch;
+    h.revision = 1;
+    h.membership = named != NULL ? &m : NULL;
+    smtpsync__frame__init(&f);
+    f.id = id;
+    f.body_case = SMTPSYNC__FRAME__BODY_HELLO;
+    f.hello = &h;
+    assert_int_equal(peer_send(rp->p, &f), 0);
+}
+
+/* One Hello from AS to TO: the body of the last frame answered. */
+static Smtpsync__Frame__BodyCase hello_answer(struct bench *b, const char *as, struct node_h *to,
+                                              uint64_t epoch, const char *node, const char *named,
+                                              int *code)
+{
+    struct raw_peer rp;
+
+    memset(&rp, 0, sizeof(rp));
+    raw_connect(b, &rp, as, to);
+    assert_true(run_until(b, pred_raw_opened, &rp, 5000));
+    assert_true(rp.opened);
+    send_hello_named(&rp, 21, epoch, node, named);
+    assert_true(run_until(b, pred_raw_frames, &rp, 5000));
+    if (!rp.closed)
+        peer_close(rp.p, 0, "done");
+    assert_true(run_until(b, pred_raw_closed, &rp, 5000));
+    *code = rp.last_error_code;
+    return rp.last_body;
+}
+
+/* A member's higher epoch is adopted only from a promoted node: a Hello
+ * whose membership names the sender (its certificate, with which the Hello's
+ * node agrees) the primary. Anything else would fence the real primary. */
+static void test_repl_higher_epoch_only_from_a_named_primary(void **state)
+{
+    static const struct {
+        const char *node, *named;
+    } bad[] = {
+        {"site-c", NULL},                       /* no membership at all */
+        {"site-c", "primary"},                  /* the membership names another primary */
+        {"site-c", "site-b"},                   /* ... or the receiver */
+        {"site-d", "site-d"},                   /* the node field is not the certificate's id */
+        {"primary", "primary"}, {"", "site-c"}, /* names the sender, but the node field is empty */
+    };
+    struct bench b;
+    int code;
+
+    (void)state;
+    bench_init(&b);
+    save_one(b.p.st, "primary", "mail.example.com", NULL);
+    bench_start(&b);
+    assert_true(run_until(&b, pred_all_synced, NULL, 5000));
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(hello_answer(&b, "site-c", &b.r[0], 5, bad[i].node, bad[i].named, &code),
+                         SMTPSYNC__FRAME__BODY_ERROR);
+        assert_int_equal(code, ERROR_FORBIDDEN);
+        assert_int_equal(info_of(b.r[0].st).epoch, 1);
+    }
+    /* Nothing changed: the primary still pushes to site-b. */
+    primary_save(&b, "second", "mail2.example.com");
+    assert_true(run_until(&b, pred_all_synced, NULL, 5000));
+    assert_true(repl_node_is_primary(b.p.rn));
+    assert_int_equal(info_of(b.p.st).epoch, 1);
+
+    /* A promoted node (its membership names it): adopted. */
+    assert_int_equal(hello_answer(&b, "site-c", &b.r[0], 5, "site-c", "site-c", &code),
+                     SMTPSYNC__FRAME__BODY_STATE);
+    assert_int_equal(info_of(b.r[0].st).epoch, 5);
+    bench_free(&b);
+}
+
+/* A primary never takes pushes at its own epoch, not even from its own id. */
+static void test_repl_primary_refuses_a_hello_from_its_own_id(void **state)
+{
+    struct bench b;
+    int code;
+
+    (void)state;
+    bench_init(&b);
+    save_one(b.p.st, "primary", "mail.example.com", NULL);
+    bench_start(&b);
+    assert_true(run_until(&b, pred_all_synced, NULL, 5000));
+    assert_int_equal(hello_answer(&b, "primary", &b.p, 1, "primary", "primary", &code),
+                     SMTPSYNC__FRAME__BODY_ERROR);
+    assert_int_equal(code, ERROR_FORBIDDEN);
+    assert_int_equal(hello_answer(&b, "primary", &b.p, 1, "primary", NULL, &code),
+                     SMTPSYNC__FRAME__BODY_ERROR);
+    assert_int_equal(code, ERROR_FORBIDDEN);
+    assert_true(repl_node_is_primary(b.p.rn));
+    primary_save(&b, "second", "mail2.example.com");
+    assert_true(run_until(&b, pred_all_synced, NULL, 5000));
+    bench_free(&b);
+}
+
 static void test_repl_promotion_refused_when_lagging(void **state)
 {
     struct bench b;
@@ -1293,6 +1419,8 @@ int main(void)
         cmocka_unit_test(test_repl_promotion_and_fenced_old_primary),
         cmocka_unit_test(test_repl_refusals),
         cmocka_unit_test(test_repl_promotion_refused_when_lagging),
+        cmocka_unit_test(test_repl_higher_epoch_only_from_a_named_primary),
+        cmocka_unit_test(test_repl_primary_refuses_a_hello_from_its_own_id),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
