@@ -286,6 +286,12 @@ int store_repl_set_membership(struct store *st, const Smtpsync__Membership *m);
  * order, every record read before the first callback. */
 int store_repl_status_get(struct store *st, const char *id, Smtpsync__ReplicaStatus **out);
 int store_repl_status_put(struct store *st, const Smtpsync__ReplicaStatus *rs);
+/* Writes rs[0..n) in one durable commit (one fsync however many). All or
+ * nothing: ERROR_INVALID, and nothing written, when any entry is NULL or
+ * its id is not valid. n == 0 writes nothing and returns 0. When an id
+ * occurs twice, the later entry wins. status_put is put_many with n = 1. */
+int store_repl_status_put_many(struct store *st, const Smtpsync__ReplicaStatus *const *rs,
+                               size_t n);
 typedef int (*store_repl_status_cb)(const Smtpsync__ReplicaStatus *rs, void *arg);
 int store_repl_status_each(struct store *st, store_repl_status_cb cb, void *arg);
 

@@ -899,37 +899,78 @@ int store_repl_status_get(struct store *st, const char *id, Smtpsync__ReplicaSta
     return dbenv_error(rc);
 }
 
+/* Every record packed back to back in one buffer: entry i is the `len[i]`
+ * octets at data + off[i], under the key rs[i]->id. */
 struct status_put_ctx {
     struct store *st;
-    const char *id;
+    const Smtpsync__ReplicaStatus *const *rs;
+    size_t n;
     uint8_t *data;
-    size_t len;
+    size_t *off;
+    size_t *len;
 };
 
 static int status_put_body(MDB_txn *txn, void *arg)
 {
     struct status_put_ctx *c = arg;
-    MDB_val key = dbenv_key_str(c->id), val = {.mv_size = c->len, .mv_data = c->data};
+    int rc = 0;
 
-    return mdb_put(txn, c->st->replicas, &key, &val, 0);
+    for (size_t i = 0; i < c->n && rc == 0; i++) {
+        MDB_val key = dbenv_key_str(c->rs[i]->id);
+        MDB_val val = {.mv_size = c->len[i], .mv_data = c->data + c->off[i]};
+        rc = mdb_put(txn, c->st->replicas, &key, &val, 0);
+    }
+    return rc;
 }
 
 int store_repl_status_put(struct store *st, const Smtpsync__ReplicaStatus *rs)
 {
-    struct status_put_ctx c;
+    return store_repl_status_put_many(st, &rs, 1);
+}
+
+int store_repl_status_put_many(struct store *st, const Smtpsync__ReplicaStatus *const *rs, size_t n)
+{
+    struct status_put_ctx c = {.st = st, .rs = rs, .n = n};
+    size_t total = 0;
     int rc;
 
-    if (rs == NULL || rs->id == NULL || !settings_instance_valid(rs->id))
+    if (n == 0)
+        return 0;
+    /* Every entry is checked before anything is written: all or nothing. */
+    if (rs == NULL)
         return ERROR_INVALID;
-    c.st = st;
-    c.id = rs->id;
-    c.len = smtpsync__replica_status__get_packed_size(rs);
-    c.data = malloc(c.len ? c.len : 1);
-    if (c.data == NULL)
+    for (size_t i = 0; i < n; i++)
+        if (rs[i] == NULL || rs[i]->id == NULL || !settings_instance_valid(rs[i]->id))
+            return ERROR_INVALID;
+    if (n > SIZE_MAX / sizeof(*c.off))
         return -ENOMEM;
-    smtpsync__replica_status__pack(rs, c.data);
-    rc = dbenv_write(st->env, status_put_body, &c, c.len);
+    c.off = malloc(n * sizeof(*c.off));
+    c.len = malloc(n * sizeof(*c.len));
+    if (c.off == NULL || c.len == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        c.len[i] = smtpsync__replica_status__get_packed_size(rs[i]);
+        if (c.len[i] > SIZE_MAX - total) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        c.off[i] = total;
+        total += c.len[i];
+    }
+    c.data = malloc(total ? total : 1);
+    if (c.data == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        smtpsync__replica_status__pack(rs[i], c.data + c.off[i]);
+    rc = dbenv_write(st->env, status_put_body, &c, total);
+out:
     free(c.data);
+    free(c.len);
+    free(c.off);
     return rc;
 }
 

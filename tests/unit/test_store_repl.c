@@ -1111,6 +1111,111 @@ static void test_store_repl_status_db(void **state)
     assert_int_equal(store_verify(f->primary), 0);
 }
 
+/* Many statuses in one commit: all read back, in id order, and a reopen
+ * keeps them. */
+static void test_store_repl_status_put_many_round_trip(void **state)
+{
+    struct fixture *f = *state;
+    Smtpsync__ReplicaStatus *v[5], *rs = NULL;
+    struct status_seen seen = {0};
+
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "site-%d", 5 - i);
+        v[i] = status(id, SMTPSYNC__REPLICA_STATE__REPLICA_STATE_BEHIND, (uint64_t)(10 + i));
+    }
+    assert_int_equal(
+        store_repl_status_put_many(f->primary, (const Smtpsync__ReplicaStatus *const *)v, 5), 0);
+    assert_int_equal(store_repl_status_each(f->primary, collect_status, &seen), 0);
+    assert_int_equal(seen.n, 5);
+    for (size_t i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "site-%zu", i + 1);
+        assert_string_equal(seen.ids[i], id);
+        assert_int_equal(seen.applied[i], 10 + (4 - i));
+    }
+
+    /* Overwrites in place, as status_put does. */
+    v[0]->state = SMTPSYNC__REPLICA_STATE__REPLICA_STATE_IN_SYNC;
+    v[0]->applied_revision = 99;
+    assert_int_equal(
+        store_repl_status_put_many(f->primary, (const Smtpsync__ReplicaStatus *const *)v, 1), 0);
+    store_close(f->primary);
+    f->primary = open_store(f->pdir);
+    assert_int_equal(store_repl_status_get(f->primary, "site-5", &rs), 0);
+    assert_int_equal(rs->state, SMTPSYNC__REPLICA_STATE__REPLICA_STATE_IN_SYNC);
+    assert_int_equal(rs->applied_revision, 99);
+    assert_string_equal(rs->last_error, "connect: Connection refused");
+    smtpsync__replica_status__free_unpacked(rs, NULL);
+    assert_int_equal(store_repl_status_get(f->primary, "site-1", &rs), 0);
+    assert_int_equal(rs->applied_revision, 14);
+    smtpsync__replica_status__free_unpacked(rs, NULL);
+    for (int i = 0; i < 5; i++)
+        smtpsync__replica_status__free_unpacked(v[i], NULL);
+    assert_int_equal(info_of(f->primary).revision, 0);
+    assert_int_equal(store_verify(f->primary), 0);
+}
+
+/* One bad entry (a bad id, or NULL) refuses the whole batch: nothing of it
+ * is written, not even the valid entries before it. */
+static void test_store_repl_status_put_many_all_or_nothing(void **state)
+{
+    struct fixture *f = *state;
+    Smtpsync__ReplicaStatus *v[3], *rs = NULL;
+    struct status_seen seen = {0};
+
+    v[0] = status("site-1", SMTPSYNC__REPLICA_STATE__REPLICA_STATE_BEHIND, 1);
+    v[1] = status("site-2", SMTPSYNC__REPLICA_STATE__REPLICA_STATE_BEHIND, 2);
+    v[2] = status("bad id/..", SMTPSYNC__REPLICA_STATE__REPLICA_STATE_BEHIND, 3);
+    assert_int_equal(
+        store_repl_status_put_many(f->primary, (const Smtpsync__ReplicaStatus *const *)v, 3),
+        ERROR_INVALID);
+    assert_int_equal(store_repl_status_each(f->primary, collect_status, &seen), 0);
+    assert_int_equal(seen.n, 0);
+    assert_int_equal(store_repl_status_get(f->primary, "site-1", &rs), ERROR_NOT_FOUND);
+
+    /* An empty id and a NULL entry are refused the same way. */
+    replace_str(&v[2]->id, "");
+    assert_int_equal(
+        store_repl_status_put_many(f->primary, (const Smtpsync__ReplicaStatus *const *)v, 3),
+        ERROR_INVALID);
+    smtpsync__replica_status__free_unpacked(v[2], NULL);
+    v[2] = NULL;
+    assert_int_equal(
+        store_repl_status_put_many(f->primary, (const Smtpsync__ReplicaStatus *const *)v, 3),
+        ERROR_INVALID);
+    assert_int_equal(store_repl_status_put_many(f->primary, NULL, 2), ERROR_INVALID);
+    assert_int_equal(store_repl_status_each(f->primary, collect_status, &seen), 0);
+    assert_int_equal(seen.n, 0);
+
+    /* A failed batch leaves what was there before untouched. */
+    assert_int_equal(
+        store_repl_status_put_many(f->primary, (const Smtpsync__ReplicaStatus *const *)v, 2), 0);
+    v[0]->applied_revision = 77;
+    assert_int_equal(
+        store_repl_status_put_many(f->primary, (const Smtpsync__ReplicaStatus *const *)v, 3),
+        ERROR_INVALID);
+    assert_int_equal(store_repl_status_get(f->primary, "site-1", &rs), 0);
+    assert_int_equal(rs->applied_revision, 1);
+    smtpsync__replica_status__free_unpacked(rs, NULL);
+    smtpsync__replica_status__free_unpacked(v[0], NULL);
+    smtpsync__replica_status__free_unpacked(v[1], NULL);
+    assert_int_equal(store_verify(f->primary), 0);
+}
+
+/* n == 0 writes nothing and succeeds, whatever the array. */
+static void test_store_repl_status_put_many_empty(void **state)
+{
+    struct fixture *f = *state;
+    struct status_seen seen = {0};
+
+    assert_int_equal(store_repl_status_put_many(f->primary, NULL, 0), 0);
+    assert_int_equal(store_repl_status_each(f->primary, collect_status, &seen), 0);
+    assert_int_equal(seen.n, 0);
+    assert_int_equal(info_of(f->primary).revision, 0);
+    assert_int_equal(store_verify(f->primary), 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Secrets at rest and map growth. */
 
@@ -1382,6 +1487,11 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_store_repl_membership, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_repl_status_db, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_repl_status_put_many_round_trip, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_store_repl_status_put_many_all_or_nothing, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_store_repl_status_put_many_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_repl_no_plaintext_on_disk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_repl_apply_grows_map, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_repl_crash_mid_apply, setup, teardown),
