@@ -14,17 +14,11 @@
 # process started through this file (daemons, hostile servers, sinks);
 # KEEP=1 keeps $T for a post-mortem.
 #
-# Running commands and asserting (as tests/cli/lib.sh):
-#   run CMD...            runs CMD, stdin from /dev/null; sets OUT, ERR, RC
-#   run_in TEXT CMD...    the same with TEXT on stdin
+# Running commands and asserting: run, run_in, json, pass / fail, the
+# assert_* helpers, wait_until, sanitizer_report and finish come from
+# tests/tools/assert.sh (see there); this file adds
 #   ctl DATA ARGS...      run smtpsyncctl --data-dir DATA ARGS...
 #   sctl SOCKET ARGS...   run smtpsyncctl --socket SOCKET ARGS...
-#   json EXPR             evaluates the Python expression EXPR on d = the
-#                         JSON in $OUT; prints str values raw, others as JSON
-#   assert_eq / assert_contains / assert_not_contains / assert_exit /
-#   assert_true / assert_false / assert_match (extended regex) / pass / fail
-#   finish                prints "N passed, M failed", exits non-zero on failure
-#   wait_until SECONDS CMD...   polls CMD every 0.1 s; false on timeout
 #
 # Peers:
 #   postfix_env           sources the instance's instance.env: PORT_PLAIN,
@@ -60,13 +54,8 @@ SMTPSYNC_TOOLS=${SMTPSYNC_TOOLS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../tools" 
 T=$(mktemp -d "${TMPDIR:-/tmp}/smtpsync-it.XXXXXX")
 # Peers that drop privileges (smtp-sink) write below $T.
 chmod 755 "$T"
-PASSED=0
-FAILED=0
-FAILURES=()
-OUT=
-ERR=
-RC=0
-LAST_CMD=
+# shellcheck source-path=SCRIPTDIR/../tools source=assert.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/../tools/assert.sh"
 PIDS=()             # every background process to end on exit
 declare -A DAEMON_PID=()
 OWN_POSTFIX=
@@ -110,47 +99,7 @@ fi
 # Neither may leak in from the caller's environment.
 unset SMTPSYNC_DATA_DIR SMTPSYNC_SOCKET
 
-# ---- assertions ----
-
-pass() {
-    PASSED=$((PASSED + 1))
-}
-
-fail() {
-    FAILED=$((FAILED + 1))
-    FAILURES+=("$1")
-    printf 'FAIL: %s\n' "$1" >&2
-}
-
-sanitizer_report() {
-    [[ $1 == *Sanitizer* || $1 == *"runtime error:"* ]]
-}
-
-check_crash() {
-    if sanitizer_report "$ERR" || [ "$RC" -ge 128 ]; then
-        fail "${LAST_CMD:0:200}: crashed (exit $RC): ${ERR:0:2000}"
-    fi
-}
-
-run() {
-    LAST_CMD="$*"
-    RC=0
-    "$@" >"$T/.out" 2>"$T/.err" </dev/null || RC=$?
-    OUT=$(cat "$T/.out")
-    ERR=$(cat "$T/.err")
-    check_crash
-}
-
-run_in() {
-    local input=$1
-    shift
-    LAST_CMD="$*"
-    RC=0
-    printf '%s' "$input" | "$@" >"$T/.out" 2>"$T/.err" || RC=$?
-    OUT=$(cat "$T/.out")
-    ERR=$(cat "$T/.err")
-    check_crash
-}
+# ---- smtpsyncctl ----
 
 ctl() {
     local data=$1
@@ -162,124 +111,6 @@ sctl() {
     local sock=$1
     shift
     run "$SMTPSYNCCTL" --socket "$sock" "$@"
-}
-
-# kind(step) names a Test Connection step with one lowercase word whatever
-# the JSON calls it ("TLS handshake", "TEST_STEP_TLS", "tls" -> tls).
-json() {
-    printf '%s' "$OUT" | python3 -c '
-import json, re, sys
-
-def kind(step):
-    k = str(step.get("kind", step.get("step", step.get("name", "")))).lower()
-    k = re.sub(r"^test_step_", "", k)
-    for word, names in (("resolve", ("resolv", "dns", "lookup")),
-                        ("connect", ("connect", "tcp")),
-                        ("starttls", ("starttls",)),
-                        ("certificate", ("cert",)),
-                        ("tls", ("tls", "handshake")),
-                        ("greeting", ("greet", "banner")),
-                        ("ehlo", ("ehlo", "helo")),
-                        ("auth", ("auth",)),
-                        ("mail", ("mail",)),
-                        ("rcpt", ("rcpt", "recipient")),
-                        ("data", ("data", "message")),
-                        ("quit", ("quit",))):
-        if any(n in k for n in names):
-            return word
-    return k
-
-d = json.load(sys.stdin)
-v = eval(sys.argv[1])
-print(v if isinstance(v, str) else json.dumps(v))' "$1"
-}
-
-assert_eq() {
-    local what=$1 expected=$2 actual=$3
-    if [ "$expected" == "$actual" ]; then
-        pass
-    else
-        fail "$what: expected [${expected:0:500}], got [${actual:0:500}]"
-    fi
-}
-
-assert_contains() {
-    local what=$1 haystack=$2 needle=$3
-    if [[ $haystack == *"$needle"* ]]; then
-        pass
-    else
-        fail "$what: [${haystack:0:1500}] does not contain [$needle]"
-    fi
-}
-
-assert_not_contains() {
-    local what=$1 haystack=$2 needle=$3
-    if [[ $haystack != *"$needle"* ]]; then
-        pass
-    else
-        fail "$what: [${haystack:0:1500}] contains [$needle]"
-    fi
-}
-
-# assert_match WHAT TEXT ERE: TEXT matches the extended regular expression
-# (case-insensitive).
-assert_match() {
-    local what=$1 text=$2 re=$3
-    if printf '%s' "$text" | grep -qiE -- "$re"; then
-        pass
-    else
-        fail "$what: [${text:0:1500}] does not match /$re/i"
-    fi
-}
-
-assert_exit() {
-    local what=$1 expected=$2
-    if [ "$RC" -eq "$expected" ]; then
-        pass
-    else
-        fail "$what: exit $RC, expected $expected (cmd: ${LAST_CMD:0:200}; stderr: ${ERR:0:1500}; stdout: ${OUT:0:1500})"
-    fi
-}
-
-assert_true() {
-    local what=$1
-    shift
-    if "$@"; then
-        pass
-    else
-        fail "$what"
-    fi
-}
-
-# assert_false WHAT CMD...: CMD fails.
-assert_false() {
-    local what=$1
-    shift
-    if "$@"; then
-        fail "$what"
-    else
-        pass
-    fi
-}
-
-finish() {
-    printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
-    if [ "$FAILED" -ne 0 ]; then
-        printf 'failed:\n' >&2
-        printf '  %s\n' "${FAILURES[@]}" >&2
-        exit 1
-    fi
-    exit 0
-}
-
-wait_until() {
-    local seconds=$1 i
-    shift
-    for ((i = 0; i < seconds * 10; i++)); do
-        "$@" && return 0
-        sleep 0.1
-    done
-    "$@"
 }
 
 # ---- Postfix ----
