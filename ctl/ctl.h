@@ -44,6 +44,11 @@ struct ctl {
      * --key, each also from [ctl] of --config FILE or SMTPSYNC_CONFIG (the
      * command line wins). NULL when not given. */
     const char *server;
+    /* --server-id, or server_id of [ctl] when the server came from there
+     * too: the node id the server's certificate must carry. After
+     * ctl_remote_setup() it is set in remote mode (the host of --server
+     * when it is a DNS name), so the server is always authenticated. */
+    const char *server_id;
     const char *ca;
     const char *cert;
     const char *key;
@@ -162,12 +167,16 @@ int ctl_getopt(int argc, char **argv, const char *optstring, const struct option
 #define CTL_REPLY_TIMEOUT_LONG_MS 600000u
 
 /*
- * Reads [ctl] (server, ca, cert, key) of the file named by --config, else
+ * Reads [ctl] (server, server_id, ca, cert, key) of the file named by --config, else
  * by SMTPSYNC_CONFIG, into ctl->conf, filling what the command line did
- * not give. Other sections are ignored (the file may be a node's config);
- * an unknown key in [ctl] is an error. Relative paths are taken from the
- * file's directory. Then checks that remote mode has all it needs. Prints
- * the problems; returns the exit status.
+ * not give (server_id only with the file's own server: an address given
+ * on the command line goes with --server-id or its own host name). Other
+ * sections are ignored (the file may be a node's config); an unknown key
+ * in [ctl] is an error. Relative paths are taken from the file's
+ * directory. Then checks that remote mode has all it needs, and sets
+ * ctl->server_id: --server-id, else the host of --server when it is a DNS
+ * name; an IP address without an id is a usage error. Prints the
+ * problems; returns the exit status.
  */
 int ctl_remote_setup(struct ctl *ctl);
 

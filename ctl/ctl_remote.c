@@ -2,9 +2,11 @@
  * ctl_remote: smtpsyncctl's remote mode. One mutual-TLS connection to a
  * daemon's admin port (peer.h) on a private libuv loop, opened by the
  * first request of the run; each request is one Frame answered by one
- * AdminReply. The server is verified by the deployment CA alone (any node
- * of the deployment may be asked); the daemon maps our certificate to a
- * role.
+ * AdminReply. The server must chain to the deployment CA and carry the
+ * node id we expect (--server-id, else the DNS name of --server): any
+ * node of the deployment may be asked, but only as itself, so a stolen
+ * replica or admin certificate cannot pose as the primary and be sent a
+ * password. The daemon maps our certificate to a role.
  *
  * Every failure of the transport is one line naming what to check: the
  * address (cannot connect), our certificate (refused at the handshake),
@@ -28,10 +30,13 @@
 #include "mtls.h"
 #include "peer.h"
 #include "settings_pb.h"
+#include "syntax.h"
 
 /* Values read from [ctl]. */
 struct ctl_conf {
     char server[PEER_ADDR_MAX + 1];
+    char server_id[MTLS_ID_MAX + 1];
+    char derived_id[MTLS_ID_MAX + 1]; /* the host of --server, as the default id */
     char ca[PATH_MAX];
     char cert[PATH_MAX];
     char key[PATH_MAX];
@@ -77,7 +82,7 @@ struct conf_parse {
     int lineno;
     bool seen_section;
     bool bad;
-    bool seen[4];
+    bool seen[5];
 };
 
 static char *conf_reader(char *str, int num, void *stream)
@@ -92,7 +97,8 @@ static char *conf_reader(char *str, int num, void *stream)
 
 static int conf_handler(void *user, const char *section, const char *name, const char *value)
 {
-    static const char *const keys[] = {"server", "ca", "cert", "key"};
+    /* Files first after server: they are the keys with paths. */
+    static const char *const keys[] = {"server", "ca", "cert", "key", "server_id"};
     struct conf_parse *cp = user;
     char q[96], *dst;
     size_t cap;
@@ -103,12 +109,13 @@ static int conf_handler(void *user, const char *section, const char *name, const
     cp->seen_section = true;
     if (name == NULL)
         return 1;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         if (strcmp(name, keys[i]) == 0)
             k = i;
     if (k < 0) {
-        ctl_errorf("%s:%d: unknown key '%s' in [ctl] (known: server, ca, cert, key)", cp->path,
-                   cp->lineno, ctl_quote(name, q, sizeof(q)));
+        ctl_errorf("%s:%d: unknown key '%s' in [ctl] (known: server, server_id, ca, cert, "
+                   "key)",
+                   cp->path, cp->lineno, ctl_quote(name, q, sizeof(q)));
         cp->bad = true;
         return 1;
     }
@@ -133,12 +140,15 @@ static int conf_handler(void *user, const char *section, const char *name, const
     case 2:
         dst = cp->conf->cert, cap = sizeof(cp->conf->cert);
         break;
+    case 4:
+        dst = cp->conf->server_id, cap = sizeof(cp->conf->server_id);
+        break;
     default:
         dst = cp->conf->key, cap = sizeof(cp->conf->key);
         break;
     }
     /* Files are found next to the config file, wherever it is run from. */
-    int n = k > 0 && value[0] != '/' && cp->dir[0] != '\0'
+    int n = k > 0 && k < 4 && value[0] != '/' && cp->dir[0] != '\0'
                 ? snprintf(dst, cap, "%s/%s", cp->dir, value)
                 : snprintf(dst, cap, "%s", value);
     if (n < 0 || (size_t)n >= cap) {
@@ -188,11 +198,20 @@ static int conf_load(struct ctl *ctl, const char *path, const char *origin)
     if (cp.bad)
         return CTL_EXIT_USAGE;
     if (!cp.seen_section) {
-        ctl_errorf("%s: no [ctl] section (it names server, ca, cert and key)", q);
+        ctl_errorf("%s: no [ctl] section (it names server, server_id, ca, cert and key)", q);
         return CTL_EXIT_USAGE;
     }
-    if (ctl->server == NULL && ctl->conf->server[0] != '\0')
+    if (ctl->conf->server_id[0] != '\0' && ctl->conf->server[0] == '\0') {
+        ctl_errorf("%s: server_id in [ctl] is the id of the node at server: give server too", q);
+        return CTL_EXIT_USAGE;
+    }
+    /* server_id belongs to the file's server: with another address from
+     * the command line it would name the wrong node. */
+    if (ctl->server == NULL && ctl->conf->server[0] != '\0') {
         ctl->server = ctl->conf->server;
+        if (ctl->server_id == NULL && ctl->conf->server_id[0] != '\0')
+            ctl->server_id = ctl->conf->server_id;
+    }
     if (ctl->ca == NULL && ctl->conf->ca[0] != '\0')
         ctl->ca = ctl->conf->ca;
     if (ctl->cert == NULL && ctl->conf->cert[0] != '\0')
@@ -213,6 +232,52 @@ static bool file_ok(const char *option, const char *path)
     return false;
 }
 
+/*
+ * Sets ctl->server_id: checks --server-id, or takes the host of --server
+ * when it is a DNS name. An IP address names no node, so it needs an id.
+ * Prints problems; returns the exit status.
+ */
+static int server_id_setup(struct ctl *ctl)
+{
+    const char *colon = strrchr(ctl->server, ':');
+    char host[MTLS_ID_MAX + 1], why[128], q[96];
+    enum syntax_host kind = SYNTAX_HOST_BAD;
+
+    snprintf(why, sizeof(why), "the host is longer than %d characters", MTLS_ID_MAX);
+    if (colon - ctl->server <= MTLS_ID_MAX) {
+        memcpy(host, ctl->server, (size_t)(colon - ctl->server));
+        host[colon - ctl->server] = '\0';
+        kind = syntax_host_classify(host, why, sizeof(why));
+    }
+    if (kind == SYNTAX_HOST_BAD) {
+        ctl_errorf("--server: '%s' is not HOST:PORT: %s", ctl_quote(ctl->server, q, sizeof(q)),
+                   why);
+        return CTL_EXIT_USAGE;
+    }
+    if (ctl->server_id != NULL) {
+        if (ctl->server_id[0] == '\0' || strlen(ctl->server_id) > MTLS_ID_MAX ||
+            syntax_has_control(ctl->server_id)) {
+            ctl_errorf("--server-id: '%s' is not a node id (1-%d characters, no control "
+                       "characters)",
+                       ctl_quote(ctl->server_id, q, sizeof(q)), MTLS_ID_MAX);
+            return CTL_EXIT_USAGE;
+        }
+        return CTL_EXIT_OK;
+    }
+    if (kind != SYNTAX_HOST_DNS) {
+        ctl_errorf("--server is an IP address: give --server-id NODE so the server's certificate "
+                   "can be checked");
+        return CTL_EXIT_USAGE;
+    }
+    if (ctl->conf == NULL && (ctl->conf = calloc(1, sizeof(*ctl->conf))) == NULL) {
+        ctl_errorf("%s", strerror(ENOMEM));
+        return CTL_EXIT_FAIL;
+    }
+    snprintf(ctl->conf->derived_id, sizeof(ctl->conf->derived_id), "%s", host);
+    ctl->server_id = ctl->conf->derived_id;
+    return CTL_EXIT_OK;
+}
+
 int ctl_remote_setup(struct ctl *ctl)
 {
     const char *path = ctl->config, *origin = "--config";
@@ -230,8 +295,9 @@ int ctl_remote_setup(struct ctl *ctl)
     if (path != NULL && (rc = conf_load(ctl, path, origin)) != CTL_EXIT_OK)
         return rc;
     if (ctl->server == NULL) {
-        if (ctl->ca != NULL || ctl->cert != NULL || ctl->key != NULL) {
-            ctl_errorf("--ca, --cert and --key are for remote mode: give --server HOST:PORT too");
+        if (ctl->ca != NULL || ctl->cert != NULL || ctl->key != NULL || ctl->server_id != NULL) {
+            ctl_errorf("--ca, --cert, --key and --server-id are for remote mode: give --server "
+                       "HOST:PORT too");
             return CTL_EXIT_USAGE;
         }
         return CTL_EXIT_OK;
@@ -248,6 +314,8 @@ int ctl_remote_setup(struct ctl *ctl)
                    ctl->key == NULL ? " --key" : "");
         return CTL_EXIT_USAGE;
     }
+    if ((rc = server_id_setup(ctl)) != CTL_EXIT_OK)
+        return rc;
     ok = file_ok("--ca", ctl->ca);
     ok = file_ok("--cert", ctl->cert) && ok;
     ok = file_ok("--key", ctl->key) && ok;
@@ -331,10 +399,16 @@ static void on_timer(uv_timer_t *t)
 static void print_close(const struct ctl *ctl, const struct ctl_remote *r)
 {
     char q[96], why[PEER_REASON_MAX + 8];
+    const char *other;
 
     ctl_quote(ctl->server, q, sizeof(q));
     ctl_quote(r->close_reason, why, sizeof(why));
-    if (r->close_err == ERROR_TLS && strstr(r->close_reason, "refused by the server") != NULL)
+    other = strstr(why, "the server's certificate is for");
+    if (r->close_err == ERROR_TLS && other != NULL)
+        ctl_errorf("%s is not the node expected: %s (--server-id, or the DNS name in --server, "
+                   "must name the node at that address)",
+                   q, other);
+    else if (r->close_err == ERROR_TLS && strstr(r->close_reason, "refused by the server") != NULL)
         ctl_errorf("%s refused the TLS connection: your certificate is not accepted there (%s)", q,
                    why);
     else if (r->close_err == ERROR_TLS)
@@ -419,7 +493,8 @@ static int remote_open(struct ctl *ctl)
     if (ctl->timeout_ms != 0 && ctl->timeout_ms < params.handshake_timeout_ms)
         params.handshake_timeout_ms = ctl->timeout_ms;
     r->phase = REMOTE_CONNECTING;
-    err = peer_connect(&r->loop, ctl->server, r->ctx, NULL, &params, &cb, r, &r->peer);
+    /* Never NULL here (ctl_remote_setup): the server proves who it is. */
+    err = peer_connect(&r->loop, ctl->server, r->ctx, ctl->server_id, &params, &cb, r, &r->peer);
     if (err < 0) {
         r->phase = REMOTE_CLOSED;
         ctl_errorf("cannot connect to %s: %s", ctl_quote(ctl->server, q, sizeof(q)),

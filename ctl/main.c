@@ -28,11 +28,13 @@ static const char usage[] =
     "  --data-dir DIR   work on the store in DIR (or set SMTPSYNC_DATA_DIR)\n"
     "  --key-file F     node key that seals passwords (default DIR/node.key)\n"
     "  --server HOST:PORT  talk to the daemon there (remote mode), with:\n"
+    "  --server-id NODE the node id the daemon's certificate must carry (default: HOST\n"
+    "                   when it is a DNS name; needed when HOST is an IP address)\n"
     "  --ca F           the deployment CA (PEM) that the daemon's certificate chains to\n"
     "  --cert F         your admin certificate (PEM); its name gives your role\n"
     "  --key F          its private key (PEM)\n"
-    "  --config FILE    read server, ca, cert and key from [ctl] of FILE (or set\n"
-    "                   SMTPSYNC_CONFIG); options on the command line win\n"
+    "  --config FILE    read server, server_id, ca, cert and key from [ctl] of FILE\n"
+    "                   (or set SMTPSYNC_CONFIG); options on the command line win\n"
     "  --timeout S      remote mode: wait at most S seconds for a reply (default 60;\n"
     "                   600 for settings test and sync)\n"
     "  --socket PATH    the local daemon's submission socket (or set SMTPSYNC_SOCKET;\n"
@@ -142,6 +144,7 @@ enum {
     OPT_KEY_FILE,
     OPT_JSON,
     OPT_SERVER,
+    OPT_SERVER_ID,
     OPT_SOCKET,
     OPT_VERSION,
     OPT_CA,
@@ -158,9 +161,10 @@ static int choose_mode(struct ctl *ctl, const char *verb, bool data_dir_option)
     char q[96];
 
     if (socket_verb(verb)) {
-        if (ctl->server_option || ctl->ca != NULL || ctl->cert != NULL || ctl->key != NULL) {
-            ctl_errorf("%s works with the local daemon (--socket); --server, --ca, --cert and "
-                       "--key are not used",
+        if (ctl->server_option || ctl->server_id != NULL || ctl->ca != NULL || ctl->cert != NULL ||
+            ctl->key != NULL) {
+            ctl_errorf("%s works with the local daemon (--socket); --server, --server-id, --ca, "
+                       "--cert and --key are not used",
                        ctl_quote(verb, q, sizeof(q)));
             return CTL_EXIT_USAGE;
         }
@@ -173,7 +177,8 @@ static int choose_mode(struct ctl *ctl, const char *verb, bool data_dir_option)
                    "through a daemon");
         return CTL_EXIT_USAGE;
     }
-    if (data_dir_option && ctl->ca == NULL && ctl->cert == NULL && ctl->key == NULL)
+    if (data_dir_option && ctl->ca == NULL && ctl->cert == NULL && ctl->key == NULL &&
+        ctl->server_id == NULL)
         return CTL_EXIT_OK;
     return ctl_remote_setup(ctl);
 }
@@ -186,6 +191,7 @@ static int run(struct ctl *ctl, int argc, char **argv)
         {"key-file", required_argument, NULL, OPT_KEY_FILE},
         {"json", no_argument, NULL, OPT_JSON},
         {"server", required_argument, NULL, OPT_SERVER},
+        {"server-id", required_argument, NULL, OPT_SERVER_ID},
         {"ca", required_argument, NULL, OPT_CA},
         {"cert", required_argument, NULL, OPT_CERT},
         {"key", required_argument, NULL, OPT_KEY},
@@ -219,6 +225,9 @@ static int run(struct ctl *ctl, int argc, char **argv)
         case OPT_SERVER:
             ctl->server = optarg;
             ctl->server_option = true;
+            break;
+        case OPT_SERVER_ID:
+            ctl->server_id = optarg;
             break;
         case OPT_CA:
             ctl->ca = optarg;

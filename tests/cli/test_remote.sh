@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # smtpsyncctl's remote mode: --server HOST:PORT with --ca, --cert and --key,
-# or [ctl] of --config FILE / SMTPSYNC_CONFIG. First what goes wrong before
+# or [ctl] of --config FILE / SMTPSYNC_CONFIG, and the node id the server
+# must prove (--server-id / server_id, else the DNS name of --server; an IP
+# address needs an id). First what goes wrong before
 # a daemon answers (missing or unreadable files, bad [ctl] files, nothing
 # listening, not TLS, a server of another CA, a server that never answers):
 # each exits 1 or 2 with one clear line. Then, with a real smtpsync-primary
 # and smtpsync-replica on loopback, every verb through the daemon: the same
 # output as local mode, roles (an operator refused every write and told the
-# role it needs), the password never shown, a replica refusing writes.
+# role it needs), the password never shown, a replica refusing writes, a
+# node of the CA that is not the one named refused before anything is sent.
 source "$(dirname "$0")/lib.sh"
 
 BUILD=$(cd "$(dirname "$SMTPSYNCCTL")/.." && pwd)
@@ -26,20 +29,22 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# admin NAME ARGS...: smtpsyncctl as admin NAME against $SERVER.
+# admin NAME ARGS...: smtpsyncctl as admin NAME against $SERVER, which
+# must be node $SERVER_ID.
 admin() {
     local who=$1
     shift
-    run "$SMTPSYNCCTL" --server "$SERVER" --ca "$PKI/ca.pem" --cert "$PKI/$who.pem" \
-        --key "$PKI/$who.key" "$@"
+    run "$SMTPSYNCCTL" --server "$SERVER" --server-id "$SERVER_ID" --ca "$PKI/ca.pem" \
+        --cert "$PKI/$who.pem" --key "$PKI/$who.key" "$@"
 }
 
 admin_in() {
     local input=$1 who=$2
     shift 2
-    run_in "$input" "$SMTPSYNCCTL" --server "$SERVER" --ca "$PKI/ca.pem" \
-        --cert "$PKI/$who.pem" --key "$PKI/$who.key" "$@"
+    run_in "$input" "$SMTPSYNCCTL" --server "$SERVER" --server-id "$SERVER_ID" \
+        --ca "$PKI/ca.pem" --cert "$PKI/$who.pem" --key "$PKI/$who.key" "$@"
 }
+SERVER_ID=primary
 
 # ---- the command line --------------------------------------------------
 
@@ -47,6 +52,7 @@ run "$SMTPSYNCCTL" --help
 assert_exit "--help" 0
 assert_contains "--help names --server" "$OUT" "--server HOST:PORT"
 assert_contains "--help names --config" "$OUT" "--config FILE"
+assert_contains "--help names --server-id" "$OUT" "--server-id NODE"
 
 run "$SMTPSYNCCTL" --server 127.0.0.1:1 settings show
 assert_exit "no certificate files" 2
@@ -62,16 +68,38 @@ run "$SMTPSYNCCTL" --server nocolon --ca "$PKI/ca.pem" --cert "$PKI/alice.pem" \
     --key "$PKI/alice.key" status
 assert_exit "--server without a port" 2
 assert_contains "--server without a port" "$ERR" "--server: 'nocolon' is not HOST:PORT"
-run "$SMTPSYNCCTL" --server 127.0.0.1:1 --ca "$T/none.pem" --cert "$PKI/alice.pem" \
-    --key "$T/none.key" status
+run "$SMTPSYNCCTL" --server 127.0.0.1:1 --server-id primary --ca "$T/none.pem" \
+    --cert "$PKI/alice.pem" --key "$T/none.key" status
 assert_exit "unreadable files" 1
 assert_contains "unreadable --ca" "$ERR" "--ca $T/none.pem: No such file or directory"
 assert_contains "unreadable --key" "$ERR" "--key $T/none.key: No such file or directory"
-run "$SMTPSYNCCTL" --server 127.0.0.1:1 --ca "$PKI/ca.pem" --cert "$PKI/alice.pem" \
-    --key "$PKI/monitor.key" status
+run "$SMTPSYNCCTL" --server 127.0.0.1:1 --server-id primary --ca "$PKI/ca.pem" \
+    --cert "$PKI/alice.pem" --key "$PKI/monitor.key" status
 assert_exit "a key that is not the certificate's" 1
 assert_contains "a key that is not the certificate's" "$ERR" \
     "smtpsyncctl: cannot use --ca, --cert and --key:"
+# The server's identity: an IP address names no node.
+for addr in 127.0.0.1:1 '[::1]:1' '::1:1'; do
+    run "$SMTPSYNCCTL" --server "$addr" --ca "$PKI/ca.pem" --cert "$PKI/alice.pem" \
+        --key "$PKI/alice.key" status
+    assert_exit "IP $addr without --server-id" 2
+    assert_contains "IP $addr without --server-id" "$ERR" \
+        "smtpsyncctl: --server is an IP address: give --server-id NODE so the server's certificate can be checked"
+done
+run "$SMTPSYNCCTL" --server 127.0.0.1:1 --server-id '' --ca "$PKI/ca.pem" \
+    --cert "$PKI/alice.pem" --key "$PKI/alice.key" status
+assert_exit "empty --server-id" 2
+assert_contains "empty --server-id" "$ERR" "--server-id: '' is not a node id"
+run "$SMTPSYNCCTL" --server 'bad_host!:1' --ca "$PKI/ca.pem" --cert "$PKI/alice.pem" \
+    --key "$PKI/alice.key" status
+assert_exit "--server with a bad host" 2
+assert_contains "--server with a bad host" "$ERR" "--server: 'bad_host!:1' is not HOST:PORT:"
+run "$SMTPSYNCCTL" --server-id primary --ca "$PKI/ca.pem" --cert "$PKI/alice.pem" \
+    --key "$PKI/alice.key" status
+assert_exit "--server-id without --server" 2
+assert_contains "--server-id without --server" "$ERR" "give --server HOST:PORT too"
+run "$SMTPSYNCCTL" --server-id primary --socket "$T/s.sock" queue
+assert_exit "--server-id with a local verb" 2
 run "$SMTPSYNCCTL" --server 127.0.0.1:1 --data-dir "$DATA" status
 assert_exit "--server and --data-dir" 2
 assert_contains "--server and --data-dir" "$ERR" "--data-dir and --server exclude each other"
@@ -98,12 +126,16 @@ EOF
 run "$SMTPSYNCCTL" --config "$T/etc/bad.ini" status
 assert_exit "bad [ctl]" 2
 assert_contains "unknown key, with its line" "$ERR" \
-    "smtpsyncctl: $T/etc/bad.ini:4: unknown key 'sever' in [ctl] (known: server, ca, cert, key)"
+    "smtpsyncctl: $T/etc/bad.ini:4: unknown key 'sever' in [ctl] (known: server, server_id, ca, cert, key)"
 assert_contains "key twice" "$ERR" "$T/etc/bad.ini:6: key 'ca' given twice in [ctl]"
 printf '[node]\nid = x\n' >"$T/etc/noctl.ini"
 run "$SMTPSYNCCTL" --config "$T/etc/noctl.ini" status
 assert_exit "no [ctl] section" 2
 assert_contains "no [ctl] section" "$ERR" "no [ctl] section"
+printf '[ctl]\nserver_id = primary\nca = ca.pem\n' >"$T/etc/idonly.ini"
+run "$SMTPSYNCCTL" --config "$T/etc/idonly.ini" status
+assert_exit "server_id without server" 2
+assert_contains "server_id without server" "$ERR" "server_id in [ctl] is the id of the node at server"
 printf '[ctl\nserver = x:1\n' >"$T/etc/broken.ini"
 run "$SMTPSYNCCTL" --config "$T/etc/broken.ini" status
 assert_exit "not INI" 2
@@ -116,7 +148,7 @@ assert_exit "config is a directory" 1
 
 # Files named relative to the config file, found from anywhere.
 PORT=$(free_port)
-printf '[ctl]\nserver = 127.0.0.1:%s\nca = ca.pem\ncert = alice.pem\nkey = alice.key\n' \
+printf '[ctl]\nserver = 127.0.0.1:%s\nserver_id = primary\nca = ca.pem\ncert = alice.pem\nkey = alice.key\n' \
     "$PORT" >"$T/etc/ctl.ini"
 run "$SMTPSYNCCTL" --config "$T/etc/ctl.ini" status
 assert_exit "nothing listening" 1
@@ -127,8 +159,16 @@ SMTPSYNC_CONFIG=$T/etc/ctl.ini run "$SMTPSYNCCTL" history
 assert_exit "SMTPSYNC_CONFIG" 1
 assert_contains "SMTPSYNC_CONFIG" "$ERR" "cannot connect to 127.0.0.1:$PORT"
 # The command line wins over the file.
-run "$SMTPSYNCCTL" --config "$T/etc/ctl.ini" --server 127.0.0.1:1 status
+run "$SMTPSYNCCTL" --config "$T/etc/ctl.ini" --server 127.0.0.1:1 --server-id primary status
 assert_contains "--server over [ctl]" "$ERR" "cannot connect to 127.0.0.1:1"
+# ... and server_id of [ctl] names the file's server, not another one.
+run "$SMTPSYNCCTL" --config "$T/etc/ctl.ini" --server 127.0.0.1:1 status
+assert_exit "server_id of [ctl] is not for --server" 2
+assert_contains "server_id of [ctl] is not for --server" "$ERR" "--server is an IP address"
+# A DNS name is the id by default; localhost resolves, nothing listens.
+run "$SMTPSYNCCTL" --config "$T/etc/ctl.ini" --server "localhost:$PORT" status
+assert_exit "a DNS name needs no --server-id" 1
+assert_contains "a DNS name needs no --server-id" "$ERR" "cannot connect to localhost:$PORT"
 # --data-dir wins over a server from SMTPSYNC_CONFIG (it is only a default).
 SMTPSYNC_CONFIG=$T/etc/ctl.ini run "$SMTPSYNCCTL" --data-dir "$DATA" history
 assert_contains "--data-dir over SMTPSYNC_CONFIG" "$ERR" "no such directory"
@@ -242,14 +282,14 @@ write_config() {
     } >"$T/$name.ini"
 }
 
-# start BIN NAME PORT: the daemon in the background, up when status answers.
+# start BIN NAME PORT ID: the daemon in the background, up when status answers.
 start() {
-    local bin=$1 name=$2 port=$3 i
+    local bin=$1 name=$2 port=$3 id=$4 i
     "$bin" --config "$T/$name.ini" >"$T/$name.out" 2>>"$T/$name.log" </dev/null &
     PID[$name]=$!
     for ((i = 0; i < 100; i++)); do
-        if "$SMTPSYNCCTL" --server "127.0.0.1:$port" --ca "$PKI/ca.pem" --cert "$PKI/monitor.pem" \
-            --key "$PKI/monitor.key" status >/dev/null 2>&1; then
+        if "$SMTPSYNCCTL" --server "127.0.0.1:$port" --server-id "$id" --ca "$PKI/ca.pem" \
+            --cert "$PKI/monitor.pem" --key "$PKI/monitor.key" status >/dev/null 2>&1; then
             pass
             return 0
         fi
@@ -266,9 +306,49 @@ write_config primary primary "$PPORT" \
     '[replication]' 'interval = 600' 'jitter = 0' \
     '[replica "site-b"]' "address = 127.0.0.1:$RPORT"
 write_config replica site-b "$RPORT" '[replication]' 'primary = primary'
-start "$REPLICA" replica "$RPORT" || finish
-start "$PRIMARY" primary "$PPORT" || finish
+start "$REPLICA" replica "$RPORT" site-b || finish
+start "$PRIMARY" primary "$PPORT" primary || finish
 SERVER=127.0.0.1:$PPORT
+SERVER_ID=primary
+
+# The server proves it is the node named, before anything is sent: a node
+# of the same CA at the address (a stolen replica certificate, say) is
+# refused, and a super-admin's password never reaches it.
+SERVER_ID=site-b
+admin_in "$PW" alice settings set --instance primary --port 25 --password-stdin
+assert_exit "wrong --server-id" 1
+assert_contains "wrong --server-id: says who is who" "$ERR" \
+    "smtpsyncctl: 127.0.0.1:$PPORT is not the node expected: the server's certificate is for 'primary', not 'site-b'"
+assert_eq "wrong --server-id: one line" 1 "$(printf '%s\n' "$ERR" | wc -l)"
+SERVER=127.0.0.1:$RPORT SERVER_ID=primary
+admin alice status
+assert_exit "the replica posing as the primary" 1
+assert_contains "the replica posing as the primary" "$ERR" \
+    "the server's certificate is for 'site-b', not 'primary'"
+SERVER=127.0.0.1:$PPORT SERVER_ID=primary
+admin monitor settings show --draft
+assert_exit "nothing was written by the refused request" 0
+assert_eq "nothing was written by the refused request" "no drafts" "$OUT"
+# The host of --server is the id by default: localhost is not 'primary'.
+run "$SMTPSYNCCTL" --server "localhost:$PPORT" --ca "$PKI/ca.pem" --cert "$PKI/monitor.pem" \
+    --key "$PKI/monitor.key" status
+assert_exit "DNS name by default" 1
+assert_contains "DNS name by default" "$ERR" "the server's certificate is for 'primary', not 'localhost'"
+run "$SMTPSYNCCTL" --server "localhost:$PPORT" --server-id primary --ca "$PKI/ca.pem" \
+    --cert "$PKI/monitor.pem" --key "$PKI/monitor.key" status
+assert_exit "DNS name with --server-id" 0
+# server_id in [ctl], with the file's server.
+printf '[ctl]\nserver = 127.0.0.1:%s\nserver_id = primary\nca = %s\ncert = %s\nkey = %s\n' \
+    "$PPORT" "$PKI/ca.pem" "$PKI/monitor.pem" "$PKI/monitor.key" >"$T/etc/good.ini"
+run "$SMTPSYNCCTL" --config "$T/etc/good.ini" status
+assert_exit "server_id in [ctl]" 0
+assert_contains "server_id in [ctl]" "$OUT" "node:        primary (primary)"
+sed -i 's/^server_id = .*/server_id = site-b/' "$T/etc/good.ini"
+run "$SMTPSYNCCTL" --config "$T/etc/good.ini" status
+assert_exit "wrong server_id in [ctl]" 1
+assert_contains "wrong server_id in [ctl]" "$ERR" "certificate is for 'primary', not 'site-b'"
+run "$SMTPSYNCCTL" --config "$T/etc/good.ini" --server-id primary status
+assert_exit "--server-id over [ctl]" 0
 
 # Remote set, password through a file, never in argv; the same lines as local mode.
 admin alice settings set --instance primary --hostname mail.example.com --port 587 \
@@ -372,7 +452,7 @@ assert_eq "applied to site-b: host" mail.example.com "$(json 'd["instances"]["si
 assert_eq "applied to site-b: masked" "********" "$(json 'd["instances"]["site-b"]["password"]')"
 
 # The replica answers status itself and refuses writes.
-SERVER=127.0.0.1:$RPORT
+SERVER=127.0.0.1:$RPORT SERVER_ID=site-b
 admin monitor status
 assert_exit "replica status" 0
 assert_contains "replica status" "$OUT" "site-b (replica)"

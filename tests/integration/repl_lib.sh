@@ -142,7 +142,7 @@ node_alive() {
 }
 
 node_answers() {
-    "$SMTPSYNCCTL" --server "127.0.0.1:${NODE_PORT[$1]}" --ca "$PKI/ca.pem" \
+    "$SMTPSYNCCTL" --server "127.0.0.1:${NODE_PORT[$1]}" --server-id "$1" --ca "$PKI/ca.pem" \
         --cert "$PKI/monitor.pem" --key "$PKI/monitor.key" --timeout 2 status >/dev/null 2>&1
 }
 
@@ -213,7 +213,7 @@ log_has() {
 as() {
     local who=$1 name=$2
     shift 2
-    run "$SMTPSYNCCTL" --server "127.0.0.1:${NODE_PORT[$name]}" --ca "$PKI/ca.pem" \
+    run "$SMTPSYNCCTL" --server "127.0.0.1:${NODE_PORT[$name]}" --server-id "$name" --ca "$PKI/ca.pem" \
         --cert "$PKI/$who.pem" --key "$PKI/$who.key" "$@"
 }
 

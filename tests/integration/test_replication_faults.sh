@@ -106,7 +106,7 @@ wait_same 30 primary "${REPLICAS[@]}"
 # its own files: run/OUT belong to the foreground.
 saver() {
     local i=0 inst pem ctlargs
-    ctlargs=(--server "127.0.0.1:${NODE_PORT[primary]}" --ca "$PKI/ca.pem" --cert "$PKI/alice.pem"
+    ctlargs=(--server "127.0.0.1:${NODE_PORT[primary]}" --server-id primary --ca "$PKI/ca.pem" --cert "$PKI/alice.pem"
         --key "$PKI/alice.key" --timeout 5)
     while [ ! -e "$T/saver.stop" ]; do
         i=$((i + 1))
@@ -378,7 +378,7 @@ step "expired and wrong-CA certificates"
 admin_cert "$T/alice-expired" alice "$PKI/ca" 20200101000000Z 20200201000000Z
 admin_cert "$T/alice-foreign" alice "$PKI/other-ca"
 for cert in alice-expired alice-foreign; do
-    run "$SMTPSYNCCTL" --server "127.0.0.1:${NODE_PORT[primary]}" --ca "$PKI/ca.pem" \
+    run "$SMTPSYNCCTL" --server "127.0.0.1:${NODE_PORT[primary]}" --server-id primary --ca "$PKI/ca.pem" \
         --cert "$T/$cert.pem" --key "$T/$cert.key" status
     assert_exit "smtpsyncctl with $cert" 1
     case $cert in
