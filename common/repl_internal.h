@@ -168,12 +168,16 @@ void repl__on_test_result(struct target *t, uint64_t id, const Smtpsync__TestRes
 
 /* ---- the node's replication side (repl_node.c, repl_node_role.c) ---- */
 
-/* An accepted connection that passed authorize. */
+/* An accepted connection that passed authorize; listed in rn->conns from
+ * authorize to on_close, so a reload or a membership change can judge it
+ * again (repl__node_recheck). */
 struct conn {
+    struct conn *next;
     struct repl_node *rn;
     struct peer *p;
     bool admin;
     enum admin_role role;
+    bool revoked; /* closed by a recheck: its frames are dropped */
     char id[MTLS_ID_MAX + 1];
 };
 
@@ -226,7 +230,8 @@ struct repl_node {
     void *arg;
 
     struct peer_listener *listener;
-    struct conn lconn; /* the listener's arg: connections not yet authorized */
+    struct conn lconn;  /* the listener's arg: connections not yet authorized */
+    struct conn *conns; /* authorized, not yet closed */
     struct repl_replica *agent;
     struct repl_primary *pusher;
     bool is_primary;
@@ -247,6 +252,11 @@ struct repl_node {
 /* repl_node.c */
 /* A part (a pusher, the listener) finished closing. */
 void repl__node_part_done(void *arg);
+/* Judges every open connection again as authorize would now: those no
+ * longer allowed (or whose kind, member or admin, changed) are closed and
+ * logged ("no longer allowed after `after`"), admins whose role changed
+ * get the new one. */
+void repl__node_recheck(struct repl_node *rn, const char *after);
 
 /* repl_node_role.c */
 /* smtpsync-primary, while primary: the membership from the configuration. */

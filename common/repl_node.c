@@ -9,6 +9,10 @@
  * an id of [admin] is an admin connection with that role, its frames go to
  * admin_handle(); anything else is refused (peer.c logs it). A member id
  * is looked up first, so a node's certificate can never act as an admin.
+ * The decision is taken again for every open connection after a reload
+ * and after the agent saw the membership change (repl__node_recheck):
+ * rights removed there end the connection at once, a changed admin role
+ * applies from the next request.
  */
 #include "repl.h"
 
@@ -141,6 +145,7 @@ static void agent_applied(void *arg, uint64_t revision)
 static void agent_membership_changed(void *arg)
 {
     repl__recompute_role(arg);
+    repl__node_recheck(arg, "a membership change");
 }
 
 static int agent_status(void *arg, Smtpsync__StatusReply **out)
@@ -299,10 +304,24 @@ static bool has_membership(struct repl_node *rn)
     return has;
 }
 
+/* Who `id` is now: a member, else an admin with *role; false (and why)
+ * when neither. The one decision of authorize and of a recheck. */
+static bool decide(struct repl_node *rn, const char *id, bool *member, enum admin_role *role,
+                   char *why, size_t whylen)
+{
+    *role = ADMIN_ROLE_NONE;
+    *member = is_member(rn, id);
+    if (!*member && (*role = admin_role_of(rn, id)) == ADMIN_ROLE_NONE) {
+        snprintf(why, whylen, "not a member of the cluster nor an admin certificate");
+        return false;
+    }
+    return true;
+}
+
 static bool on_authorize(void *arg, struct peer *p, const char *id, char *why, size_t whylen)
 {
     struct repl_node *rn = ((struct conn *)arg)->rn;
-    enum admin_role role = ADMIN_ROLE_NONE;
+    enum admin_role role;
     bool member;
     struct conn *c;
 
@@ -310,11 +329,8 @@ static bool on_authorize(void *arg, struct peer *p, const char *id, char *why, s
         snprintf(why, whylen, "the daemon is stopping");
         return false;
     }
-    member = is_member(rn, id);
-    if (!member && (role = admin_role_of(rn, id)) == ADMIN_ROLE_NONE) {
-        snprintf(why, whylen, "not a member of the cluster nor an admin certificate");
+    if (!decide(rn, id, &member, &role, why, whylen))
         return false;
-    }
     if ((c = calloc(1, sizeof(*c))) == NULL) {
         snprintf(why, whylen, "out of memory");
         return false;
@@ -325,7 +341,45 @@ static bool on_authorize(void *arg, struct peer *p, const char *id, char *why, s
     c->role = role;
     snprintf(c->id, sizeof(c->id), "%s", id);
     peer_set_arg(p, c);
+    /* Listed from now on: on_close follows whether or not on_open does. */
+    c->next = rn->conns;
+    rn->conns = c;
     return true;
+}
+
+void repl__node_recheck(struct repl_node *rn, const char *after)
+{
+    char why[PEER_REASON_MAX - 32], reason[PEER_REASON_MAX];
+    enum admin_role role;
+    bool member;
+
+    if (rn->stopping)
+        return; /* the listener closes them all */
+    for (struct conn *c = rn->conns; c != NULL; c = c->next) {
+        if (c->revoked || peer_state(c->p) >= PEER_CLOSING)
+            continue;
+        if (decide(rn, c->id, &member, &role, why, sizeof(why))) {
+            if (member && c->admin)
+                /* A member id is never an admin (see the top). */
+                snprintf(why, sizeof(why), "its id is now a member of the cluster, not an admin");
+            else if (!member && !c->admin)
+                snprintf(why, sizeof(why), "no longer a member of the cluster");
+            else {
+                if (c->admin && role != c->role) {
+                    log_warnx("admin %s is %s after %s (was %s)", c->id, admin_role_name(role),
+                              after, admin_role_name(c->role));
+                    c->role = role;
+                }
+                continue;
+            }
+        }
+        /* peer_close() calls on_close later, from the loop: the list
+         * stays as it is while it is walked. */
+        log_warnx("peer %s no longer allowed after %s: %s", c->id, after, why);
+        snprintf(reason, sizeof(reason), "no longer allowed: %s", why);
+        c->revoked = true;
+        peer_close(c->p, ERROR_FORBIDDEN, reason);
+    }
 }
 
 static void on_open(void *arg, struct peer *p, const char *id)
@@ -370,7 +424,7 @@ static void on_frame(void *arg, struct peer *p, const Smtpsync__Frame *f)
     struct repl_node *rn = c->rn;
     struct admin_req *req;
 
-    if (c == &rn->lconn)
+    if (c == &rn->lconn || c->revoked)
         return;
     if (!c->admin) {
         repl_replica_frame(rn->agent, p, f);
@@ -397,6 +451,11 @@ static void on_close(void *arg, struct peer *p, int err, const char *reason)
     (void)reason;
     if (c == &rn->lconn)
         return; /* refused or failed before authorize: no conn of its own */
+    for (struct conn **pp = &rn->conns; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
     if (!c->admin)
         repl_replica_closed(rn->agent, p);
     for (struct admin_req *r = rn->reqs; r != NULL; r = r->next)
@@ -585,6 +644,9 @@ int repl_node_reconfigure(struct repl_node *rn, const struct repl_node_config *c
         repl_primary_set_tuning(rn->pusher, &rn->cfg.tuning);
     repl__write_config_membership(rn);
     repl__recompute_role(rn);
+    /* [admin], [replication] primary or the membership may have changed:
+     * open connections keep no right the new configuration denies. */
+    repl__node_recheck(rn, "reload");
     return 0;
 }
 
