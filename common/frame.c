@@ -12,7 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "error.h"
+#include "store.h"
 
 /* A reader left holding no data gives back a buffer grown beyond this. */
 #define FRAME_KEEP_CAP (64u * 1024)
@@ -121,9 +124,16 @@ static int reserve(struct frame_reader *r, size_t need)
     cap = r->cap > 0 ? r->cap : 4096;
     while (cap < need)
         cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    grown = realloc(r->buf, cap);
+    /* Not realloc(): the old block may hold a password, and realloc would
+     * free it unwiped. */
+    grown = malloc(cap);
     if (grown == NULL)
         return -ENOMEM;
+    if (r->buf != NULL) {
+        memcpy(grown, r->buf, r->len);
+        OPENSSL_cleanse(r->buf, r->cap);
+        free(r->buf);
+    }
     r->buf = grown;
     r->cap = cap;
     return 0;
@@ -174,8 +184,12 @@ int frame_reader_next(struct frame_reader *r, Smtpsync__Frame **out)
         return ERROR_DECODE;
     }
     memmove(r->buf, r->buf + total, r->len - total);
+    /* The octets past the new end are a copy of a frame that may carry a
+     * password. */
+    OPENSSL_cleanse(r->buf + (r->len - total), total);
     r->len -= total;
     if (r->len == 0 && r->cap > FRAME_KEEP_CAP) {
+        OPENSSL_cleanse(r->buf, r->cap);
         free(r->buf);
         r->buf = NULL;
         r->cap = 0;
@@ -191,8 +205,48 @@ size_t frame_reader_pending(const struct frame_reader *r)
 
 void frame_reader_free(struct frame_reader *r)
 {
+    if (r->buf != NULL)
+        OPENSSL_cleanse(r->buf, r->cap);
     free(r->buf);
     r->buf = NULL;
     r->len = 0;
     r->cap = 0;
+}
+
+static void frame_wipe_settings(Smtpsync__Settings *m)
+{
+    if (m != NULL && m->password != NULL && m->password->plaintext.data != NULL)
+        OPENSSL_cleanse(m->password->plaintext.data, m->password->plaintext.len);
+}
+
+static void frame_wipe_string(char *s)
+{
+    if (s != NULL)
+        OPENSSL_cleanse(s, strlen(s));
+}
+
+void frame_wipe_secrets(Smtpsync__Frame *f)
+{
+    if (f == NULL)
+        return;
+    switch (f->body_case) {
+    case SMTPSYNC__FRAME__BODY_DELTA:
+        store_repl_wipe_delta(f->delta);
+        break;
+    case SMTPSYNC__FRAME__BODY_SNAPSHOT:
+        store_repl_wipe_snapshot(f->snapshot);
+        break;
+    case SMTPSYNC__FRAME__BODY_SETTINGS_SET:
+        if (f->settings_set != NULL) {
+            frame_wipe_settings(f->settings_set->settings);
+            frame_wipe_string(f->settings_set->password_confirm);
+        }
+        break;
+    case SMTPSYNC__FRAME__BODY_RUN_TEST:
+        if (f->run_test != NULL)
+            frame_wipe_settings(f->run_test->settings);
+        break;
+    default:
+        break;
+    }
 }

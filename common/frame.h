@@ -45,4 +45,11 @@ int frame_reader_next(struct frame_reader *r, Smtpsync__Frame **out);
 size_t frame_reader_pending(const struct frame_reader *r);
 void frame_reader_free(struct frame_reader *r);
 
+/* Wipes (OPENSSL_cleanse) every plaintext password `f` carries: those of a
+ * Delta or Snapshot, of a SettingsSet (settings and password_confirm) and
+ * of a RunTest. Call it before smtpsync__frame__free_unpacked() on a frame
+ * that was received or built with secrets; `f` stays valid (and NULL is
+ * ignored). */
+void frame_wipe_secrets(Smtpsync__Frame *f);
+
 #endif

@@ -308,6 +308,7 @@ static void peer_dispatch(struct peer *p)
             peer_take_farewell(p, f);
         else
             p->cb.on_frame(p->arg, p, f);
+        frame_wipe_secrets(f);
         smtpsync__frame__free_unpacked(f, NULL);
     }
 }

@@ -421,6 +421,46 @@ static void on_state(struct target *t, const Smtpsync__State *st)
     target_push(t);
 }
 
+/* Whether this node's store names another node the primary: a newer
+ * primary has already taken this node over (its Hello raised our epoch), so
+ * this pusher is stale whatever epoch a Fenced carries. */
+static bool superseded(struct repl_primary *rp)
+{
+    Smtpsync__Membership *m = NULL;
+    const char *primary;
+    bool other;
+
+    if (store_repl_membership(rp->store, &m) != 0)
+        return false;
+    primary = repl_membership_primary(m);
+    other = primary != NULL && strcmp(primary, rp->node_id) != 0;
+    smtpsync__membership__free_unpacked(m, NULL);
+    return other;
+}
+
+/* A replica says it follows a newer primary. Only an epoch above ours
+ * fences this node (as in on_state): an equal or older one, from a stale or
+ * confused replica, must not stop replication. Unless a newer primary has
+ * already raised our epoch (the Fenced may answer a Hello sent before): we
+ * are no longer the primary, and the fence stands. */
+static void on_fenced(struct target *t, const Smtpsync__Fenced *fd)
+{
+    struct store_info info;
+    int rc;
+
+    if ((rc = store_info(t->rp->store, &info)) != 0) {
+        log_warnx("replica %s: Fenced ignored: cannot read our epoch: %s", t->id, error_str(rc));
+        return;
+    }
+    if (fd->epoch <= info.epoch && !superseded(t->rp)) {
+        log_warnx("replica %s: Fenced with epoch %" PRIu64 ", not newer than ours (%" PRIu64
+                  "): ignored",
+                  t->id, fd->epoch, info.epoch);
+        return;
+    }
+    target_fenced(t, fd->epoch);
+}
+
 static void on_ack(struct target *t, const Smtpsync__Ack *ack)
 {
     struct store_info info;
@@ -498,7 +538,7 @@ static void on_frame(void *arg, struct peer *p, const Smtpsync__Frame *f)
             on_diverged(t, f->diverged);
         break;
     case SMTPSYNC__FRAME__BODY_FENCED:
-        target_fenced(t, f->fenced->epoch);
+        on_fenced(t, f->fenced);
         break;
     case SMTPSYNC__FRAME__BODY_STATUS_REPLY:
         if (f->status_reply->node != NULL)

@@ -248,6 +248,12 @@ static void on_hello(struct repl_replica *rr, struct session *s, uint64_t id,
         send_fenced(s->p, id, info.epoch);
         goto out;
     }
+    if (h->epoch == UINT64_MAX) {
+        /* Adopting it would leave no epoch above it: promoting this node
+         * later would overflow to 0 and be fenced by everyone. */
+        refuse(s->p, id, ERROR_INVALID, "epoch out of range: a promotion would overflow");
+        goto out;
+    }
     if (strcmp(from, rr->node_id) == 0) {
         /* This node's own id: a node never pushes to itself, and a primary
          * never takes pushes at its own epoch (nor does anyone holding a
@@ -334,8 +340,6 @@ static void on_delta(struct repl_replica *rr, struct session *s, uint64_t id,
     char msg[256];
     int rc;
 
-    if (d->to_revision > rr->primary_revision)
-        rr->primary_revision = d->to_revision;
     rr->last_ms = repl_clock_now(&rr->clock);
     if ((rc = store_info(rr->store, &before)) != 0) {
         refuse(s->p, id, rc, "cannot read the store");
@@ -349,6 +353,10 @@ static void on_delta(struct repl_replica *rr, struct session *s, uint64_t id,
             after = before;
         log_info("applied revisions %" PRIu64 "..%" PRIu64 " from %s", d->from_revision + 1,
                  d->to_revision, peer_id(s->p));
+        /* What the primary announced counts once applied, never from a
+         * delta that was refused. */
+        if (d->to_revision > rr->primary_revision)
+            rr->primary_revision = d->to_revision;
         send_ack(rr, s->p, id);
         if (rr->applied != NULL)
             rr->applied(rr->arg, after.revision);
@@ -401,7 +409,6 @@ static void on_snapshot(struct repl_replica *rr, struct session *s, uint64_t id,
     char msg[256];
     int rc;
 
-    rr->primary_revision = snap->revision; /* the primary's state, whole */
     rr->last_ms = repl_clock_now(&rr->clock);
     if ((rc = store_info(rr->store, &before)) != 0) {
         refuse(s->p, id, rc, "cannot read the store");
@@ -423,6 +430,7 @@ static void on_snapshot(struct repl_replica *rr, struct session *s, uint64_t id,
     }
     log_info("applied the snapshot of revision %" PRIu64 " (%zu records) from %s (was %" PRIu64 ")",
              snap->revision, snap->n_records, peer_id(s->p), before.revision);
+    rr->primary_revision = snap->revision; /* the primary's state, whole, once applied */
     send_ack(rr, s->p, id);
     if (rr->applied != NULL)
         rr->applied(rr->arg, snap->revision);

@@ -318,6 +318,153 @@ static void test_frame_random_body_refused(void **state)
     }
 }
 
+/* Unpacks `f` through a reader, as peer_dispatch does. */
+static Smtpsync__Frame *through_reader(const Smtpsync__Frame *f)
+{
+    struct frame_reader r;
+    Smtpsync__Frame *out = NULL;
+    uint8_t *buf;
+    size_t len;
+
+    assert_int_equal(frame_pack(f, 0, &buf, &len), 0);
+    frame_reader_init(&r, 0);
+    assert_int_equal(frame_reader_feed(&r, buf, len), 0);
+    assert_int_equal(frame_reader_next(&r, &out), 0);
+    assert_int_equal(frame_reader_pending(&r), 0);
+    frame_reader_free(&r);
+    free(buf);
+    return out;
+}
+
+static void assert_zeroed(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+
+    assert_true(n > 0);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(b[i], 0);
+}
+
+#define WIPE_PW "hunter2-secret"
+
+static void test_frame_wipe_secrets_zeroes_passwords(void **state)
+{
+    Smtpsync__Frame f, *got;
+    Smtpsync__Settings set;
+    Smtpsync__Secret sec;
+    Smtpsync__SettingsSet ss;
+    Smtpsync__RunTest rt;
+    Smtpsync__Snapshot snap;
+    Smtpsync__Delta delta;
+    Smtpsync__Revision rev;
+    Smtpsync__Change ch;
+    Smtpsync__Settings *records[1] = {&set};
+    Smtpsync__Revision *revs[1] = {&rev};
+    Smtpsync__Change *chs[1] = {&ch};
+    char confirm[] = WIPE_PW;
+
+    (void)state;
+    smtpsync__settings__init(&set);
+    smtpsync__secret__init(&sec);
+    sec.plaintext.data = (uint8_t *)(uintptr_t)WIPE_PW;
+    sec.plaintext.len = strlen(WIPE_PW);
+    set.password = &sec;
+
+    /* SettingsSet: the password and its confirmation. */
+    smtpsync__frame__init(&f);
+    smtpsync__settings_set__init(&ss);
+    ss.settings = &set;
+    ss.password_confirm = confirm;
+    f.body_case = SMTPSYNC__FRAME__BODY_SETTINGS_SET;
+    f.settings_set = &ss;
+    got = through_reader(&f);
+    assert_memory_equal(got->settings_set->settings->password->plaintext.data, WIPE_PW,
+                        strlen(WIPE_PW));
+    frame_wipe_secrets(got);
+    assert_zeroed(got->settings_set->settings->password->plaintext.data, strlen(WIPE_PW));
+    assert_zeroed(got->settings_set->password_confirm, strlen(WIPE_PW));
+    smtpsync__frame__free_unpacked(got, NULL);
+
+    /* RunTest. */
+    smtpsync__frame__init(&f);
+    smtpsync__run_test__init(&rt);
+    rt.settings = &set;
+    f.body_case = SMTPSYNC__FRAME__BODY_RUN_TEST;
+    f.run_test = &rt;
+    got = through_reader(&f);
+    frame_wipe_secrets(got);
+    assert_zeroed(got->run_test->settings->password->plaintext.data, strlen(WIPE_PW));
+    smtpsync__frame__free_unpacked(got, NULL);
+
+    /* Snapshot. */
+    smtpsync__frame__init(&f);
+    smtpsync__snapshot__init(&snap);
+    snap.n_records = 1;
+    snap.records = records;
+    f.body_case = SMTPSYNC__FRAME__BODY_SNAPSHOT;
+    f.snapshot = &snap;
+    got = through_reader(&f);
+    frame_wipe_secrets(got);
+    assert_zeroed(got->snapshot->records[0]->password->plaintext.data, strlen(WIPE_PW));
+    smtpsync__frame__free_unpacked(got, NULL);
+
+    /* Delta. */
+    smtpsync__frame__init(&f);
+    smtpsync__delta__init(&delta);
+    smtpsync__revision__init(&rev);
+    smtpsync__change__init(&ch);
+    ch.settings = &set;
+    rev.n_changes = 1;
+    rev.changes = chs;
+    delta.n_revisions = 1;
+    delta.revisions = revs;
+    f.body_case = SMTPSYNC__FRAME__BODY_DELTA;
+    f.delta = &delta;
+    got = through_reader(&f);
+    frame_wipe_secrets(got);
+    assert_zeroed(got->delta->revisions[0]->changes[0]->settings->password->plaintext.data,
+                  strlen(WIPE_PW));
+    smtpsync__frame__free_unpacked(got, NULL);
+
+    frame_wipe_secrets(NULL);
+}
+
+/* The reader's buffer keeps no copy of a frame it has handed on. */
+static void test_frame_reader_wipes_consumed_frame(void **state)
+{
+    Smtpsync__Frame f, *got;
+    Smtpsync__Settings set;
+    Smtpsync__Secret sec;
+    Smtpsync__RunTest rt;
+    struct frame_reader r;
+    uint8_t *buf;
+    size_t len;
+
+    (void)state;
+    smtpsync__settings__init(&set);
+    smtpsync__secret__init(&sec);
+    sec.plaintext.data = (uint8_t *)(uintptr_t)WIPE_PW;
+    sec.plaintext.len = strlen(WIPE_PW);
+    set.password = &sec;
+    smtpsync__frame__init(&f);
+    smtpsync__run_test__init(&rt);
+    rt.settings = &set;
+    f.body_case = SMTPSYNC__FRAME__BODY_RUN_TEST;
+    f.run_test = &rt;
+    assert_int_equal(frame_pack(&f, 0, &buf, &len), 0);
+
+    frame_reader_init(&r, 0);
+    assert_int_equal(frame_reader_feed(&r, buf, len), 0);
+    assert_int_equal(frame_reader_next(&r, &got), 0);
+    assert_int_equal(frame_reader_pending(&r), 0);
+    assert_non_null(r.buf);
+    assert_zeroed(r.buf, len);
+    frame_wipe_secrets(got);
+    smtpsync__frame__free_unpacked(got, NULL);
+    frame_reader_free(&r);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +480,8 @@ int main(void)
         cmocka_unit_test(test_frame_unknown_field_ignored),
         cmocka_unit_test(test_frame_pack_limits),
         cmocka_unit_test(test_frame_random_body_refused),
+        cmocka_unit_test(test_frame_wipe_secrets_zeroes_passwords),
+        cmocka_unit_test(test_frame_reader_wipes_consumed_frame),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

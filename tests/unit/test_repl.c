@@ -1338,6 +1338,13 @@ static void test_repl_higher_epoch_only_from_a_named_primary(void **state)
     assert_true(repl_node_is_primary(b.p.rn));
     assert_int_equal(info_of(b.p.st).epoch, 1);
 
+    /* The largest epoch, even from a named primary: refused (promoting
+     * this node later would overflow). */
+    assert_int_equal(hello_answer(&b, "site-c", &b.r[0], UINT64_MAX, "site-c", "site-c", &code),
+                     SMTPSYNC__FRAME__BODY_ERROR);
+    assert_int_equal(code, ERROR_INVALID);
+    assert_int_equal(info_of(b.r[0].st).epoch, 1);
+
     /* A promoted node (its membership names it): adopted. */
     assert_int_equal(hello_answer(&b, "site-c", &b.r[0], 5, "site-c", "site-c", &code),
                      SMTPSYNC__FRAME__BODY_STATE);
@@ -1402,6 +1409,167 @@ static void test_repl_promotion_refused_when_lagging(void **state)
     bench_free(&b);
 }
 
+/* What the primary announced counts only from frames the replica took: a
+ * refused Delta's to_revision does not make the replica look behind. */
+static void test_repl_refused_delta_does_not_raise_primary_revision(void **state)
+{
+    struct bench b;
+    struct raw_peer rp;
+    const struct admin_hooks *h;
+    uint64_t epoch = 0;
+    char why[512];
+    struct store_info in;
+
+    (void)state;
+    bench_init(&b);
+    save_one(b.p.st, "primary", "mail.example.com", NULL);
+    bench_start(&b);
+    assert_true(run_until(&b, pred_all_synced, NULL, 5000));
+    node_stop(&b.p);
+    in = info_of(b.r[0].st);
+    memset(&rp, 0, sizeof(rp));
+    raw_connect(&b, &rp, "primary", &b.r[0]);
+    assert_true(run_until(&b, pred_raw_opened, &rp, 5000));
+    send_hello(&rp, 5, in.epoch, in.revision);
+    assert_true(run_until(&b, pred_raw_frames, &rp, 5000));
+    assert_int_equal(rp.last_body, SMTPSYNC__FRAME__BODY_STATE);
+    {
+        /* Not chaining onto ours (and inconsistent): refused. */
+        Smtpsync__Frame f;
+        Smtpsync__Delta d;
+
+        smtpsync__delta__init(&d);
+        d.epoch = in.epoch;
+        d.from_revision = in.revision + 4;
+        d.to_revision = in.revision + 8;
+        smtpsync__frame__init(&f);
+        f.id = 6;
+        f.body_case = SMTPSYNC__FRAME__BODY_DELTA;
+        f.delta = &d;
+        rp.frames = 0;
+        assert_int_equal(peer_send(rp.p, &f), 0);
+    }
+    assert_true(run_until(&b, pred_raw_frames, &rp, 5000));
+    assert_int_not_equal(rp.last_body, SMTPSYNC__FRAME__BODY_ACK);
+    if (!rp.closed)
+        peer_close(rp.p, 0, "gone");
+    assert_true(run_until(&b, pred_raw_closed, &rp, 5000));
+    assert_int_equal(info_of(b.r[0].st).revision, in.revision);
+    /* Not behind: promotion needs no force. */
+    h = repl_node_hooks(b.r[0].rn);
+    assert_int_equal(h->promote(h->arg, false, &epoch, why, sizeof(why)), 0);
+    assert_int_equal(epoch, in.epoch + 1);
+    bench_free(&b);
+}
+
+/* A stand-in for a replica: answers every Hello with Fenced at `epoch`. */
+struct fake_replica {
+    struct peer_listener *l;
+    uint64_t epoch;
+    int hellos;
+    struct peer *p;
+};
+
+static void fake_open(void *arg, struct peer *p, const char *id)
+{
+    struct fake_replica *fr = arg;
+
+    (void)id;
+    fr->p = p;
+}
+
+static void fake_frame(void *arg, struct peer *p, const Smtpsync__Frame *f)
+{
+    struct fake_replica *fr = arg;
+    Smtpsync__Frame out;
+    Smtpsync__Fenced fd;
+
+    if (f->body_case != SMTPSYNC__FRAME__BODY_HELLO)
+        return;
+    fr->hellos++;
+    smtpsync__fenced__init(&fd);
+    fd.epoch = fr->epoch;
+    smtpsync__frame__init(&out);
+    out.id = f->id;
+    out.body_case = SMTPSYNC__FRAME__BODY_FENCED;
+    out.fenced = &fd;
+    assert_int_equal(peer_send(p, &out), 0);
+}
+
+static void fake_close(void *arg, struct peer *p, int err, const char *reason)
+{
+    struct fake_replica *fr = arg;
+
+    (void)err;
+    (void)reason;
+    if (fr->p == p)
+        fr->p = NULL;
+}
+
+static const struct peer_callbacks fake_cb = {
+    .on_open = fake_open,
+    .on_frame = fake_frame,
+    .on_close = fake_close,
+};
+
+static bool pred_fake_hellos(struct bench *b, void *arg)
+{
+    (void)b;
+    return ((struct fake_replica *)arg)->hellos >= 2;
+}
+
+static bool pred_fake_hello(struct bench *b, void *arg)
+{
+    (void)b;
+    return ((struct fake_replica *)arg)->hellos >= 1;
+}
+
+/* A replica's Fenced fences the primary only with an epoch above the
+ * primary's own; an equal one is ignored and replication goes on. */
+static void test_repl_primary_ignores_fenced_not_newer(void **state)
+{
+    struct bench b;
+    struct fake_replica fr;
+    struct mtls_ctx *ctx;
+    char addr[64];
+    Smtpsync__StatusReply *r;
+
+    (void)state;
+    bench_init(&b);
+    save_one(b.p.st, "primary", "mail.example.com", NULL);
+    bench_start(&b);
+    assert_true(run_until(&b, pred_all_synced, NULL, 5000));
+    node_stop(&b.r[0]);
+
+    memset(&fr, 0, sizeof(fr));
+    fr.epoch = info_of(b.p.st).epoch;
+    ctx = load_ctx("site-b");
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", b.r[0].port);
+    assert_int_equal(peer_listen(&b.loop, addr, ctx, NULL, &fake_cb, &fr, &fr.l), 0);
+    mtls_ctx_unref(ctx);
+    primary_save(&b, "second", "mail2.example.com");
+    assert_true(run_until(&b, pred_fake_hello, &fr, 5000));
+    run_for(&b, 100);
+    r = status_of(&b.p);
+    assert_int_equal(r->node->fenced_epoch, 0);
+    smtpsync__status_reply__free_unpacked(r, NULL);
+    assert_true(repl_node_is_primary(b.p.rn));
+    /* Still pushing to the others. */
+    primary_save(&b, "third", "mail3.example.com");
+    assert_true(run_until(&b, pred_replica_synced, &b.r[1], 5000));
+    assert_true(run_until(&b, pred_replica_synced, &b.r[2], 5000));
+
+    /* A newer epoch fences it. */
+    fr.epoch = info_of(b.p.st).epoch + 1;
+    if (fr.p != NULL)
+        peer_close(fr.p, 0, "again");
+    assert_true(run_until(&b, pred_fake_hellos, &fr, 5000));
+    assert_true(run_until(&b, pred_fenced, NULL, 5000));
+
+    peer_listener_close(fr.l, NULL, NULL);
+    bench_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1421,6 +1589,8 @@ int main(void)
         cmocka_unit_test(test_repl_promotion_refused_when_lagging),
         cmocka_unit_test(test_repl_higher_epoch_only_from_a_named_primary),
         cmocka_unit_test(test_repl_primary_refuses_a_hello_from_its_own_id),
+        cmocka_unit_test(test_repl_refused_delta_does_not_raise_primary_revision),
+        cmocka_unit_test(test_repl_primary_ignores_fenced_not_newer),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
