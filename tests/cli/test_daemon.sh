@@ -346,7 +346,7 @@ assert_true "primary pushes to both" wait_for 50 grep -q "replica site-c: in syn
 run "$SMTPSYNCCTL" --data-dir "$T/rp.data" settings save --comment "replicated"
 assert_exit "save on the primary" 0
 replica_has() { # NAME REVISION
-    "$SMTPSYNCCTL" --data-dir "$T/$1.data" history 2>/dev/null | grep -q "^$2 .*replicated"
+    grep -q "^$2 .*replicated" <<<"$("$SMTPSYNCCTL" --data-dir "$T/$1.data" history 2>/dev/null)"
 }
 assert_true "site-b got revision 1" wait_for 50 replica_has rb 1
 assert_true "site-c got revision 1" wait_for 50 replica_has rc 1

@@ -141,7 +141,9 @@ assert_not_contains() {
 
 assert_match() {
     local what=$1 text=$2 re=$3
-    if printf '%s' "$text" | grep -qiE -- "$re"; then
+    # A here-string, not a pipe: grep -q exits at the first match, and
+    # under pipefail the writer's SIGPIPE would turn a match into a failure.
+    if grep -qiE -- "$re" <<<"$text"; then
         pass
     else
         fail "$what: [${text:0:1500}] does not match /$re/i"
