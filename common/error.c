@@ -1,6 +1,8 @@
 #include "error.h"
 
 #include <lmdb.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 const char *error_str(int err)
@@ -25,4 +27,15 @@ const char *error_str(int err)
     if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)
         return mdb_strerror(err);
     return strerror(-err);
+}
+
+void error_why(char *why, size_t whylen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (why == NULL || whylen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(why, whylen, fmt, ap);
+    va_end(ap);
 }

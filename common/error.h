@@ -14,6 +14,8 @@
 #ifndef SMTPSYNC_ERROR_H
 #define SMTPSYNC_ERROR_H
 
+#include <stddef.h>
+
 #define ERROR_MAP(XX)                                                                              \
     XX(INVALID, -20001, "invalid input")                                                           \
     XX(NOT_FOUND, -20002, "not found")                                                             \
@@ -42,5 +44,11 @@ enum {
 
 /* Text for any error value of the convention above; never NULL. */
 const char *error_str(int err);
+
+/* Writes a one-line reason into a caller's `why` buffer (printf-style);
+ * does nothing when why is NULL or whylen is 0. Every module that explains
+ * its failures through a `why, whylen` pair uses it. */
+void error_why(char *why, size_t whylen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

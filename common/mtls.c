@@ -41,20 +41,6 @@ struct mtls_ctx {
     char id[MTLS_ID_MAX + 1];
 };
 
-static void mtls_set_why(char *why, size_t whylen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void mtls_set_why(char *why, size_t whylen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (why == NULL || whylen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(why, whylen, fmt, ap);
-    va_end(ap);
-}
-
 /* OpenSSL's reason for the last error queued, or `fallback`; the queue is
  * emptied. */
 static const char *mtls_ossl_reason(const char *fallback)
@@ -78,22 +64,22 @@ static int mtls_read_file(const char *what, const char *path, char **out, size_t
     *out = NULL;
     *outlen = 0;
     if (path == NULL || path[0] == '\0') {
-        mtls_set_why(why, whylen, "no %s file configured", what);
+        error_why(why, whylen, "no %s file configured", what);
         return ERROR_TLS;
     }
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        mtls_set_why(why, whylen, "cannot read %s file %s: %s", what, path, strerror(errno));
+        error_why(why, whylen, "cannot read %s file %s: %s", what, path, strerror(errno));
         return ERROR_TLS;
     }
     rc = ERROR_TLS;
     if (fstat(fd, &st) < 0) {
-        mtls_set_why(why, whylen, "cannot read %s file %s: %s", what, path, strerror(errno));
+        error_why(why, whylen, "cannot read %s file %s: %s", what, path, strerror(errno));
         goto fd_close;
     }
     if (!S_ISREG(st.st_mode) || st.st_size > MTLS_FILE_MAX) {
-        mtls_set_why(why, whylen, "cannot read %s file %s: %s", what, path,
-                     !S_ISREG(st.st_mode) ? "not a regular file" : "larger than 1 MiB");
+        error_why(why, whylen, "cannot read %s file %s: %s", what, path,
+                  !S_ISREG(st.st_mode) ? "not a regular file" : "larger than 1 MiB");
         goto fd_close;
     }
     rc = -ENOMEM;
@@ -106,8 +92,8 @@ static int mtls_read_file(const char *what, const char *path, char **out, size_t
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            mtls_set_why(why, whylen, "cannot read %s file %s: %s", what, path,
-                         n < 0 ? strerror(errno) : "file shrank while read");
+            error_why(why, whylen, "cannot read %s file %s: %s", what, path,
+                      n < 0 ? strerror(errno) : "file shrank while read");
             rc = ERROR_TLS;
             goto buf_free;
         }
@@ -144,7 +130,7 @@ static int mtls_read_certs(const char *what, const char *path, STACK_OF(X509) **
     if (rc == -ENOMEM)
         return rc;
     if (rc < 0) {
-        mtls_set_why(why, whylen, "%s file %s: %s", what, path, reason);
+        error_why(why, whylen, "%s file %s: %s", what, path, reason);
         return ERROR_TLS;
     }
     return 0;
@@ -178,8 +164,8 @@ static int mtls_read_key(const char *path, EVP_PKEY **out, char *why, size_t why
     ERR_clear_error();
     *out = PEM_read_bio_PrivateKey(bio, NULL, mtls_no_passphrase, NULL);
     if (*out == NULL) {
-        mtls_set_why(why, whylen, "key file %s: no usable private key (%s)", path,
-                     mtls_ossl_reason("unreadable"));
+        error_why(why, whylen, "key file %s: no usable private key (%s)", path,
+                  mtls_ossl_reason("unreadable"));
         rc = ERROR_TLS;
     } else {
         rc = 0;
@@ -223,8 +209,8 @@ static int mtls_make_store(const char *path, STACK_OF(X509) *cas, X509_STORE **o
             char subject[128];
 
             pem_subject(ca, subject, sizeof(subject));
-            mtls_set_why(why, whylen, "CA file %s: certificate %d (%s) is not a CA certificate",
-                         path, i + 1, subject);
+            error_why(why, whylen, "CA file %s: certificate %d (%s) is not a CA certificate", path,
+                      i + 1, subject);
             X509_STORE_free(store);
             return ERROR_TLS;
         }
@@ -236,8 +222,8 @@ static int mtls_make_store(const char *path, STACK_OF(X509) *cas, X509_STORE **o
                 ERR_clear_error();
                 continue;
             }
-            mtls_set_why(why, whylen, "CA file %s: cannot trust certificate %d: %s", path, i + 1,
-                         mtls_ossl_reason("unknown reason"));
+            error_why(why, whylen, "CA file %s: cannot trust certificate %d: %s", path, i + 1,
+                      mtls_ossl_reason("unknown reason"));
             X509_STORE_free(store);
             return ERROR_TLS;
         }
@@ -261,9 +247,8 @@ static int mtls_check_chain(X509_STORE *store, X509 *leaf, STACK_OF(X509) *chain
         return -ENOMEM;
     }
     if (X509_verify_cert(vctx) != 1) {
-        mtls_set_why(why, whylen,
-                     "certificate file %s: does not verify against the deployment CA: %s",
-                     cert_path, X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+        error_why(why, whylen, "certificate file %s: does not verify against the deployment CA: %s",
+                  cert_path, X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
         rc = ERROR_TLS;
     }
     X509_STORE_CTX_free(vctx);
@@ -309,8 +294,8 @@ static int mtls_make_role(bool server, X509_STORE *store, X509 *leaf, STACK_OF(X
     return 0;
 
 fail:
-    mtls_set_why(why, whylen, "cannot set up the %s TLS context: %s", server ? "server" : "client",
-                 mtls_ossl_reason("unknown reason"));
+    error_why(why, whylen, "cannot set up the %s TLS context: %s", server ? "server" : "client",
+              mtls_ossl_reason("unknown reason"));
     SSL_CTX_free(ctx);
     return ERROR_TLS;
 }
@@ -328,7 +313,7 @@ int mtls_ctx_load(const char *ca, const char *cert, const char *key, struct mtls
     int rc;
 
     *out = NULL;
-    mtls_set_why(why, whylen, "%s", "");
+    error_why(why, whylen, "%s", "");
     if ((rc = mtls_read_certs("CA", ca, &cas, why, whylen)) < 0)
         goto done;
     if ((rc = mtls_read_certs("certificate", cert, &certs, why, whylen)) < 0)
@@ -340,7 +325,7 @@ int mtls_ctx_load(const char *ca, const char *cert, const char *key, struct mtls
     rc = ERROR_TLS;
     if (X509_check_private_key(leaf, pkey) != 1) {
         ERR_clear_error();
-        mtls_set_why(why, whylen, "key file %s does not match the certificate in %s", key, cert);
+        error_why(why, whylen, "key file %s does not match the certificate in %s", key, cert);
         goto done;
     }
     rc = -ENOMEM;
@@ -352,24 +337,24 @@ int mtls_ctx_load(const char *ca, const char *cert, const char *key, struct mtls
     c->not_after = (time_t)pem_not_after(leaf);
     rc = ERROR_TLS;
     if (c->not_before < 0 || c->not_after < 0) {
-        mtls_set_why(why, whylen, "certificate file %s: unreadable validity dates", cert);
+        error_why(why, whylen, "certificate file %s: unreadable validity dates", cert);
         goto done;
     }
     if (now < c->not_before) {
         mtls_format_time(c->not_before, date, sizeof(date));
-        mtls_set_why(why, whylen, "certificate file %s: not valid before %s", cert, date);
+        error_why(why, whylen, "certificate file %s: not valid before %s", cert, date);
         goto done;
     }
     if (now > c->not_after) {
         mtls_format_time(c->not_after, date, sizeof(date));
-        mtls_set_why(why, whylen, "certificate file %s: expired on %s", cert, date);
+        error_why(why, whylen, "certificate file %s: expired on %s", cert, date);
         goto done;
     }
     {
         char reason[MTLS_WHY_MAX];
 
         if (mtls_cert_id(leaf, c->id, sizeof(c->id), reason, sizeof(reason)) < 0) {
-            mtls_set_why(why, whylen, "certificate file %s: %s", cert, reason);
+            error_why(why, whylen, "certificate file %s: %s", cert, reason);
             goto done;
         }
     }
@@ -460,19 +445,18 @@ static int mtls_take_id(const unsigned char *s, int n, const char *what, char *b
                         char *why, size_t whylen)
 {
     if (n <= 0) {
-        mtls_set_why(why, whylen, "the certificate's %s is empty", what);
+        error_why(why, whylen, "the certificate's %s is empty", what);
         return ERROR_TLS;
     }
     if ((size_t)n > MTLS_ID_MAX || (size_t)n >= len) {
-        mtls_set_why(why, whylen, "the certificate's %s is longer than %d characters", what,
-                     MTLS_ID_MAX);
+        error_why(why, whylen, "the certificate's %s is longer than %d characters", what,
+                  MTLS_ID_MAX);
         return ERROR_TLS;
     }
     for (int i = 0; i < n; i++) {
         if (s[i] <= 0x20 || s[i] >= 0x7f) {
-            mtls_set_why(why, whylen,
-                         "the certificate's %s holds a space, control or non-ASCII character",
-                         what);
+            error_why(why, whylen,
+                      "the certificate's %s holds a space, control or non-ASCII character", what);
             return ERROR_TLS;
         }
     }
@@ -489,7 +473,7 @@ int mtls_cert_id(X509 *cert, char *buf, size_t len, char *why, size_t whylen)
 
     if (len > 0)
         buf[0] = '\0';
-    mtls_set_why(why, whylen, "%s", "");
+    error_why(why, whylen, "%s", "");
     names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
     if (names != NULL) {
         for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
@@ -509,7 +493,7 @@ int mtls_cert_id(X509 *cert, char *buf, size_t len, char *why, size_t whylen)
     while ((idx = X509_NAME_get_index_by_NID(subject, NID_commonName, idx)) >= 0)
         last = idx;
     if (last < 0) {
-        mtls_set_why(why, whylen, "the certificate has neither a DNS subjectAltName nor a CN");
+        error_why(why, whylen, "the certificate has neither a DNS subjectAltName nor a CN");
         return ERROR_TLS;
     }
     {
@@ -519,7 +503,7 @@ int mtls_cert_id(X509 *cert, char *buf, size_t len, char *why, size_t whylen)
 
         if (n < 0) {
             ERR_clear_error();
-            mtls_set_why(why, whylen, "the certificate's CN cannot be read");
+            error_why(why, whylen, "the certificate's CN cannot be read");
             return ERROR_TLS;
         }
         rc = mtls_take_id(utf8, n, "CN", buf, len, why, whylen);
@@ -536,12 +520,12 @@ int mtls_peer_id(SSL *ssl, char *buf, size_t len, char *why, size_t whylen)
     if (len > 0)
         buf[0] = '\0';
     if (peer == NULL) {
-        mtls_set_why(why, whylen, "the peer sent no certificate");
+        error_why(why, whylen, "the peer sent no certificate");
         return ERROR_TLS;
     }
     if (verify != X509_V_OK) {
-        mtls_set_why(why, whylen, "the peer's certificate did not verify: %s",
-                     X509_verify_cert_error_string(verify));
+        error_why(why, whylen, "the peer's certificate did not verify: %s",
+                  X509_verify_cert_error_string(verify));
         return ERROR_TLS;
     }
     return mtls_cert_id(peer, buf, len, why, whylen);

@@ -31,20 +31,6 @@ struct pem_line {
     size_t len;
 };
 
-static void pem_why(char *why, size_t whylen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void pem_why(char *why, size_t whylen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (why == NULL || whylen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(why, whylen, fmt, ap);
-    va_end(ap);
-}
-
 static bool pem_blank(char c)
 {
     return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v';
@@ -100,20 +86,20 @@ static void pem_refuse_label(struct pem_line label, unsigned lineno, char *why, 
     int n = label.len > 40 ? 40 : (int)label.len;
 
     if (pem_label_has(label, "PRIVATE KEY"))
-        pem_why(why, whylen, "line %u: contains a private key; import only the certificate",
-                lineno);
+        error_why(why, whylen, "line %u: contains a private key; import only the certificate",
+                  lineno);
     else if (pem_line_is(label, "TRUSTED CERTIFICATE"))
-        pem_why(why, whylen,
-                "line %u: a TRUSTED CERTIFICATE block (OpenSSL trust format) is not accepted; "
-                "convert it with: openssl x509 -in FILE -out cert.pem",
-                lineno);
+        error_why(why, whylen,
+                  "line %u: a TRUSTED CERTIFICATE block (OpenSSL trust format) is not accepted; "
+                  "convert it with: openssl x509 -in FILE -out cert.pem",
+                  lineno);
     else if (pem_label_has(label, "CERTIFICATE REQUEST"))
-        pem_why(why, whylen, "line %u: is a certificate signing request, not a certificate",
-                lineno);
+        error_why(why, whylen, "line %u: is a certificate signing request, not a certificate",
+                  lineno);
     else
-        pem_why(why, whylen,
-                "line %u: unexpected \"%.*s\" block; only CERTIFICATE blocks are accepted", lineno,
-                n, label.p);
+        error_why(why, whylen,
+                  "line %u: unexpected \"%.*s\" block; only CERTIFICATE blocks are accepted",
+                  lineno, n, label.p);
 }
 
 /*
@@ -146,41 +132,42 @@ static int pem_decode_block(const char *pem, size_t body, size_t body_end, unsig
         if (l.len == 0)
             continue;
         if (memchr(l.p, ':', l.len) != NULL) {
-            pem_why(why, whylen,
-                    "line %u: the certificate block has headers (an encrypted or legacy PEM "
-                    "file?); only plain certificates are accepted",
-                    lineno);
+            error_why(why, whylen,
+                      "line %u: the certificate block has headers (an encrypted or legacy PEM "
+                      "file?); only plain certificates are accepted",
+                      lineno);
             goto free_ctx;
         }
         /* cap bounds the whole output: base64 never decodes to more than 3/4
          * of its length. */
         if (l.len > INT_MAX ||
             EVP_DecodeUpdate(ctx, der + n, &outl, (const unsigned char *)l.p, (int)l.len) < 0) {
-            pem_why(why, whylen, "line %u: invalid base64 in the certificate block", lineno);
+            error_why(why, whylen, "line %u: invalid base64 in the certificate block", lineno);
             goto free_ctx;
         }
         n += (size_t)outl;
     }
     if (EVP_DecodeFinal(ctx, der + n, &outl) < 0) {
-        pem_why(why, whylen, "line %u: the certificate block's base64 is cut short", begin_line);
+        error_why(why, whylen, "line %u: the certificate block's base64 is cut short", begin_line);
         goto free_ctx;
     }
     n += (size_t)outl;
     if (n == 0) {
-        pem_why(why, whylen, "line %u: the certificate block is empty", begin_line);
+        error_why(why, whylen, "line %u: the certificate block is empty", begin_line);
         goto free_ctx;
     }
     p = der;
     x = d2i_X509(NULL, &p, (long)n);
     if (x == NULL) {
-        pem_why(why, whylen, "line %u: the certificate block does not hold a valid certificate",
-                begin_line);
+        error_why(why, whylen, "line %u: the certificate block does not hold a valid certificate",
+                  begin_line);
         goto free_ctx;
     }
     if ((size_t)(p - der) != n) {
         X509_free(x);
-        pem_why(why, whylen, "line %u: the certificate block has extra data after the certificate",
-                begin_line);
+        error_why(why, whylen,
+                  "line %u: the certificate block has extra data after the certificate",
+                  begin_line);
         goto free_ctx;
     }
     *out = x;
@@ -212,7 +199,7 @@ static int pem_parse(const char *pem, size_t len, STACK_OF(X509) *certs, char *w
         if (l.len == 0)
             continue;
         if (!pem_boundary(l, PEM_BEGIN, &label)) {
-            pem_why(why, whylen, "line %u: unexpected text outside a certificate block", lineno);
+            error_why(why, whylen, "line %u: unexpected text outside a certificate block", lineno);
             return ERROR_INVALID;
         }
         if (!pem_line_is(label, PEM_CERT_LABEL)) {
@@ -228,8 +215,8 @@ static int pem_parse(const char *pem, size_t len, STACK_OF(X509) *certs, char *w
             lineno++;
             if (pem_boundary(l, PEM_END, &end_label)) {
                 if (!pem_line_is(end_label, PEM_CERT_LABEL)) {
-                    pem_why(why, whylen, "line %u: END line does not match the BEGIN on line %u",
-                            lineno, begin_line);
+                    error_why(why, whylen, "line %u: END line does not match the BEGIN on line %u",
+                              lineno, begin_line);
                     return ERROR_INVALID;
                 }
                 body_end = line_start;
@@ -240,9 +227,9 @@ static int pem_parse(const char *pem, size_t len, STACK_OF(X509) *certs, char *w
                 break;
         }
         if (!closed) {
-            pem_why(why, whylen,
-                    "line %u: the certificate block is not closed (no END CERTIFICATE line)",
-                    begin_line);
+            error_why(why, whylen,
+                      "line %u: the certificate block is not closed (no END CERTIFICATE line)",
+                      begin_line);
             return ERROR_INVALID;
         }
         rc = pem_decode_block(pem, body, body_end, begin_line, &x, why, whylen);
@@ -254,7 +241,7 @@ static int pem_parse(const char *pem, size_t len, STACK_OF(X509) *certs, char *w
         }
     }
     if (sk_X509_num(certs) == 0) {
-        pem_why(why, whylen, "holds no certificate (the file is empty)");
+        error_why(why, whylen, "holds no certificate (the file is empty)");
         return ERROR_INVALID;
     }
     return 0;
@@ -266,18 +253,18 @@ int pem_read_certs(const char *pem, size_t len, STACK_OF(X509) **out, char *why,
     int rc;
 
     *out = NULL;
-    pem_why(why, whylen, "%s", "");
+    error_why(why, whylen, "%s", "");
     if (pem == NULL)
         len = 0;
     /* A DER certificate starts with an ASN.1 SEQUENCE; say so plainly. */
     if (len > 0 && (unsigned char)pem[0] == 0x30) {
-        pem_why(why, whylen,
-                "is binary (DER), not PEM; convert it with: "
-                "openssl x509 -inform der -in FILE -out cert.pem");
+        error_why(why, whylen,
+                  "is binary (DER), not PEM; convert it with: "
+                  "openssl x509 -inform der -in FILE -out cert.pem");
         return ERROR_INVALID;
     }
     if (len > 0 && memchr(pem, '\0', len) != NULL) {
-        pem_why(why, whylen, "contains binary data; a PEM file is text");
+        error_why(why, whylen, "contains binary data; a PEM file is text");
         return ERROR_INVALID;
     }
     certs = sk_X509_new_null();

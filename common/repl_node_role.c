@@ -38,24 +38,9 @@ const char *repl_membership_primary(const Smtpsync__Membership *m)
 
 const char *repl_state_name(Smtpsync__ReplicaState s)
 {
-    switch (s) {
-    case SMTPSYNC__REPLICA_STATE__REPLICA_STATE_NEVER_SYNCED:
-        return "never-synced";
-    case SMTPSYNC__REPLICA_STATE__REPLICA_STATE_IN_SYNC:
-        return "in-sync";
-    case SMTPSYNC__REPLICA_STATE__REPLICA_STATE_BEHIND:
-        return "behind";
-    case SMTPSYNC__REPLICA_STATE__REPLICA_STATE_SYNCING:
-        return "syncing";
-    case SMTPSYNC__REPLICA_STATE__REPLICA_STATE_UNREACHABLE:
-        return "unreachable";
-    case SMTPSYNC__REPLICA_STATE__REPLICA_STATE_DIVERGED:
-        return "diverged";
-    case SMTPSYNC__REPLICA_STATE__REPLICA_STATE_FENCED:
-        return "fenced";
-    default:
-        return "unknown";
-    }
+    const char *name = admin_replica_state_name(s);
+
+    return name != NULL ? name : "unknown";
 }
 
 /* ---- membership ---- */

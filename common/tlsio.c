@@ -26,20 +26,6 @@ struct tlsio {
     char why[TLSIO_WHY_MAX];
 };
 
-static void tlsio_set_why(char *why, size_t whylen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void tlsio_set_why(char *why, size_t whylen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (why == NULL || whylen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(why, whylen, fmt, ap);
-    va_end(ap);
-}
-
 /*
  * Explains a failed SSL call in t->why from, in order of precision: the
  * certificate verification result, the first error OpenSSL queued, or the
@@ -58,15 +44,15 @@ static int tlsio_fail(struct tlsio *t, int sslerr)
     else if (e != 0)
         reason = ERR_reason_error_string(e);
     if (reason != NULL)
-        tlsio_set_why(t->why, sizeof(t->why), "%s", reason);
+        error_why(t->why, sizeof(t->why), "%s", reason);
     else if (e != 0)
-        tlsio_set_why(t->why, sizeof(t->why), "OpenSSL error %lu", e);
+        error_why(t->why, sizeof(t->why), "OpenSSL error %lu", e);
     else if (sslerr == SSL_ERROR_ZERO_RETURN)
-        tlsio_set_why(t->why, sizeof(t->why), "connection closed by the peer");
+        error_why(t->why, sizeof(t->why), "connection closed by the peer");
     else if (sslerr == SSL_ERROR_SYSCALL)
-        tlsio_set_why(t->why, sizeof(t->why), "unexpected eof while reading");
+        error_why(t->why, sizeof(t->why), "unexpected eof while reading");
     else
-        tlsio_set_why(t->why, sizeof(t->why), "TLS failure (SSL error %d)", sslerr);
+        error_why(t->why, sizeof(t->why), "TLS failure (SSL error %d)", sslerr);
     ERR_clear_error();
     return ERROR_TLS;
 }
@@ -79,7 +65,7 @@ int tlsio_client_ctx(const char *pem, size_t len, SSL_CTX **out, char *why, size
     int rc;
 
     *out = NULL;
-    tlsio_set_why(why, whylen, "%s", "");
+    error_why(why, whylen, "%s", "");
     rc = pem_read_certs(pem, len, &certs, why, whylen);
     if (rc == -ENOMEM)
         return rc;
@@ -90,7 +76,7 @@ int tlsio_client_ctx(const char *pem, size_t len, SSL_CTX **out, char *why, size
     if (ctx == NULL)
         goto certs_free;
     if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
-        tlsio_set_why(why, whylen, "cannot require TLS 1.2");
+        error_why(why, whylen, "cannot require TLS 1.2");
         rc = ERROR_TLS;
         goto ctx_free;
     }
@@ -110,9 +96,9 @@ int tlsio_client_ctx(const char *pem, size_t len, SSL_CTX **out, char *why, size
                 ERR_clear_error();
                 continue;
             }
-            tlsio_set_why(why, whylen, "cannot trust certificate %d: %s", i + 1,
-                          ERR_reason_error_string(e) != NULL ? ERR_reason_error_string(e)
-                                                             : "unknown reason");
+            error_why(why, whylen, "cannot trust certificate %d: %s", i + 1,
+                      ERR_reason_error_string(e) != NULL ? ERR_reason_error_string(e)
+                                                         : "unknown reason");
             rc = ERROR_TLS;
             goto store_free;
         }
@@ -299,7 +285,7 @@ int tlsio_write(struct tlsio *t, const void *buf, size_t len)
              * the handshake is not complete: a caller's mistake. */
             if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
                 ERR_clear_error();
-                tlsio_set_why(t->why, sizeof(t->why), "write before the handshake completed");
+                error_why(t->why, sizeof(t->why), "write before the handshake completed");
                 return ERROR_TLS;
             }
             return tlsio_fail(t, e);
