@@ -32,29 +32,12 @@ static const char *pki_path(const char *name)
 
 /* The script sits next to this file's folder (CMake compiles with absolute
  * paths); SMTPSYNC_MAKE_PKI overrides. */
-static const char *make_pki_script(void)
-{
-    static char path[4096];
-    const char *env = getenv("SMTPSYNC_MAKE_PKI");
-    const char *slash;
-
-    if (env != NULL && env[0] != '\0')
-        return env;
-    slash = strrchr(__FILE__, '/');
-    snprintf(path, sizeof(path), "%.*s/../tools/make-pki.sh",
-             slash != NULL ? (int)(slash - __FILE__) : 1, slash != NULL ? __FILE__ : ".");
-    return path;
-}
-
 static int group_setup(void **state)
 {
     char cmd[8192];
 
     (void)state;
-    pki = testutil_tmpdir();
-    snprintf(cmd, sizeof(cmd), "bash '%s' -a alice '%s' primary site-b >/dev/null",
-             make_pki_script(), pki);
-    if (system(cmd) != 0)
+    if ((pki = testutil_make_pki("-a alice", "primary site-b")) == NULL)
         return -1;
     snprintf(cmd, sizeof(cmd),
              "cd '%s' && printf 'not a PEM file\\n' > garbage.pem && "

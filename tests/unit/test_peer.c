@@ -41,20 +41,6 @@ static const char *pki_path(const char *name)
     return path;
 }
 
-static const char *make_pki_script(void)
-{
-    static char path[4096];
-    const char *env = getenv("SMTPSYNC_MAKE_PKI");
-    const char *slash;
-
-    if (env != NULL && env[0] != '\0')
-        return env;
-    slash = strrchr(__FILE__, '/');
-    snprintf(path, sizeof(path), "%.*s/../tools/make-pki.sh",
-             slash != NULL ? (int)(slash - __FILE__) : 1, slash != NULL ? __FILE__ : ".");
-    return path;
-}
-
 static int group_setup(void **state)
 {
     char cmd[8192];
@@ -62,10 +48,7 @@ static int group_setup(void **state)
     (void)state;
     log_init("test_peer", getenv("SMTPSYNC_TEST_DEBUG") ? LOG_LEVEL_DEBUG : LOG_LEVEL_WARN,
              LOG_FORMAT_TEXT);
-    pki = testutil_tmpdir();
-    snprintf(cmd, sizeof(cmd), "bash '%s' -a alice '%s' primary site-b site-c >/dev/null",
-             make_pki_script(), pki);
-    if (system(cmd) != 0)
+    if ((pki = testutil_make_pki("-a alice", "primary site-b site-c")) == NULL)
         return -1;
     snprintf(cmd, sizeof(cmd), "cd '%s' && cat ca.pem other-ca.pem > both-ca.pem", pki);
     return system(cmd) == 0 ? 0 : -1;

@@ -31,31 +31,13 @@
 
 static char *pki;
 
-static const char *make_pki_script(void)
-{
-    static char path[4096];
-    const char *env = getenv("SMTPSYNC_MAKE_PKI");
-    const char *slash;
-
-    if (env != NULL && env[0] != '\0')
-        return env;
-    slash = strrchr(__FILE__, '/');
-    snprintf(path, sizeof(path), "%.*s/../tools/make-pki.sh",
-             slash != NULL ? (int)(slash - __FILE__) : 1, slash != NULL ? __FILE__ : ".");
-    return path;
-}
-
 static int group_setup(void **state)
 {
-    char cmd[8192];
-
     (void)state;
     log_init("test_repl_reload", getenv("SMTPSYNC_TEST_DEBUG") ? LOG_LEVEL_DEBUG : LOG_LEVEL_ERROR,
              LOG_FORMAT_TEXT);
-    pki = testutil_tmpdir();
-    snprintf(cmd, sizeof(cmd), "bash '%s' -a alice '%s' primary site-b site-c >/dev/null",
-             make_pki_script(), pki);
-    return system(cmd) == 0 ? 0 : -1;
+    pki = testutil_make_pki("-a alice", "primary site-b site-c");
+    return pki != NULL ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -68,15 +50,7 @@ static int group_teardown(void **state)
 
 static struct mtls_ctx *load_ctx(const char *name)
 {
-    char ca[4200], cert[4200], key[4200], why[MTLS_WHY_MAX];
-    struct mtls_ctx *ctx;
-
-    snprintf(ca, sizeof(ca), "%s/ca.pem", pki);
-    snprintf(cert, sizeof(cert), "%s/%s.pem", pki, name);
-    snprintf(key, sizeof(key), "%s/%s.key", pki, name);
-    if (mtls_ctx_load(ca, cert, key, &ctx, why, sizeof(why)) != 0)
-        fail_msg("mtls_ctx_load %s: %s", name, why);
-    return ctx;
+    return testutil_mtls_ctx(pki, name);
 }
 
 /* ---- one node ---- */

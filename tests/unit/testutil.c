@@ -13,6 +13,8 @@
 
 #include "testutil.h"
 
+#include "mtls.h"
+
 char *testutil_tmpdir(void)
 {
     const char *base = getenv("TMPDIR");
@@ -76,4 +78,47 @@ char *testutil_read_file(const char *path, size_t *len)
 int testutil_memmem(const void *hay, size_t hlen, const void *needle, size_t nlen)
 {
     return memmem(hay, hlen, needle, nlen) != NULL;
+}
+
+/* tests/tools/make-pki.sh, found beside this file. */
+static const char *make_pki_script(void)
+{
+    static char path[4096];
+    const char *env = getenv("SMTPSYNC_MAKE_PKI");
+    const char *slash;
+
+    if (env != NULL && env[0] != '\0')
+        return env;
+    slash = strrchr(__FILE__, '/');
+    snprintf(path, sizeof(path), "%.*s/../tools/make-pki.sh",
+             slash != NULL ? (int)(slash - __FILE__) : 1, slash != NULL ? __FILE__ : ".");
+    return path;
+}
+
+char *testutil_make_pki(const char *options, const char *nodes)
+{
+    char cmd[8192];
+    char *dir = testutil_tmpdir();
+
+    snprintf(cmd, sizeof(cmd), "bash '%s' %s '%s' %s >/dev/null", make_pki_script(), options, dir,
+             nodes);
+    if (system(cmd) != 0) {
+        testutil_rmtree(dir);
+        free(dir);
+        return NULL;
+    }
+    return dir;
+}
+
+struct mtls_ctx *testutil_mtls_ctx(const char *pki, const char *name)
+{
+    char ca[4200], cert[4200], key[4200], why[MTLS_WHY_MAX];
+    struct mtls_ctx *ctx;
+
+    snprintf(ca, sizeof(ca), "%s/ca.pem", pki);
+    snprintf(cert, sizeof(cert), "%s/%s.pem", pki, name);
+    snprintf(key, sizeof(key), "%s/%s.key", pki, name);
+    if (mtls_ctx_load(ca, cert, key, &ctx, why, sizeof(why)) != 0)
+        fail_msg("mtls_ctx_load %s: %s", name, why);
+    return ctx;
 }

@@ -23,6 +23,18 @@ const char *testutil_cert_path(const char *name);
  * NULL. Fails the test on error. */
 char *testutil_read_file(const char *path, size_t *len);
 
+/* A fresh temporary directory holding the deployment PKI that
+ * tests/tools/make-pki.sh makes: `make-pki.sh OPTIONS DIR NODES` (e.g.
+ * "-a alice", "primary site-b"; $SMTPSYNC_MAKE_PKI overrides the script's
+ * path). Returns the malloc'd directory, or NULL (directory removed) when
+ * the script failed. */
+char *testutil_make_pki(const char *options, const char *nodes);
+
+struct mtls_ctx;
+/* mtls_ctx_load() of <pki>/ca.pem and <pki>/<name>.pem/.key; fails the test
+ * on error. */
+struct mtls_ctx *testutil_mtls_ctx(const char *pki, const char *name);
+
 /* True if needle[nlen] occurs in hay[hlen] (binary-safe). */
 int testutil_memmem(const void *hay, size_t hlen, const void *needle, size_t nlen);
 
