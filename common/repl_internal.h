@@ -118,6 +118,13 @@ struct repl_primary {
     struct target *queue_head, *queue_tail;
     unsigned snapshots; /* in flight */
     uint64_t next_id;
+    /* While repl_primary_saved() pushes one save to every replica, the
+     * Delta built for the first is kept here and sent to every other one
+     * at the same revision: reading the history and unsealing its
+     * passwords once per save, not once per replica. NULL otherwise; it
+     * holds plaintext passwords and is wiped when the loop ends. */
+    Smtpsync__Delta *save_delta;
+    bool in_save;
 
     bool fenced;
     uint64_t fenced_epoch;

@@ -264,7 +264,10 @@ void repl__target_send_delta(struct target *t)
     Smtpsync__Frame f;
     int rc;
 
-    rc = store_repl_delta(rp->store, t->applied, REPL_DELTA_MAX_REVISIONS, &d);
+    if (rp->save_delta != NULL && rp->save_delta->from_revision == t->applied)
+        d = rp->save_delta, rc = 0;
+    else
+        rc = store_repl_delta(rp->store, t->applied, REPL_DELTA_MAX_REVISIONS, &d);
     if (rc == ERROR_COMPACTED || rc == ERROR_INVALID) {
         log_info("replica %s: revision %" PRIu64 " is %s: sending a snapshot", t->id, t->applied,
                  rc == ERROR_COMPACTED ? "compacted" : "ahead of ours");
@@ -292,7 +295,10 @@ void repl__target_send_delta(struct target *t)
                   d->to_revision);
         repl__mark_dirty(t);
     }
-    store_repl_free_delta(d);
+    if (rp->in_save && rp->save_delta == NULL)
+        rp->save_delta = d; /* for the other replicas of this save */
+    else if (d != rp->save_delta)
+        store_repl_free_delta(d);
     if (rc == ERROR_TOO_BIG) {
         log_info("replica %s: delta too big for a frame: sending a snapshot", t->id);
         target_want_snapshot(t);

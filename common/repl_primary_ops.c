@@ -114,6 +114,7 @@ void repl_primary_saved(struct repl_primary *rp, uint64_t revision)
         return;
     log_debug("revision %" PRIu64 " saved: push_on_commit=%s", revision,
               sp.push_on_commit ? "yes" : "no");
+    rp->in_save = true;
     for (struct target *t = rp->targets; t != NULL; t = t->next) {
         repl__mark_dirty(t); /* its lag changed */
         switch (t->state) {
@@ -134,6 +135,9 @@ void repl_primary_saved(struct repl_primary *rp, uint64_t revision)
             break;
         }
     }
+    rp->in_save = false;
+    store_repl_free_delta(rp->save_delta);
+    rp->save_delta = NULL;
 }
 
 int repl_primary_sync(struct repl_primary *rp, const char *replica, admin_done_cb done,
