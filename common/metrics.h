@@ -82,8 +82,9 @@ void metrics_reset(void);
 /* ---- output (scrape time) ---- */
 
 /* A growing text buffer in the Prometheus text exposition format 0.0.4.
- * On allocation failure it stops growing and metrics_out_failed() says so;
- * the scrape is then answered 500 rather than with a truncated body. */
+ * On allocation failure it stops growing and remembers it; metrics_render()
+ * then fails, so the scrape is answered 500 rather than with a truncated
+ * body. */
 struct metrics_out;
 
 enum metrics_type { METRICS_GAUGE, METRICS_COUNTER, METRICS_HISTOGRAM };
@@ -101,7 +102,7 @@ typedef void (*metrics_collect_cb)(struct metrics_out *o, void *arg);
 
 /* Renders everything: the collector's gauges, then the event families
  * (every family is present, with no samples until its first event).
- * Returns 0 and the body (caller frees) or ERROR_NOMEM. */
+ * Returns 0 and the body (caller frees) or -ENOMEM. */
 int metrics_render(metrics_collect_cb collect, void *arg, char **body, size_t *len);
 
 #endif
