@@ -19,7 +19,13 @@
 # Usage: make-pki.sh [-a ADMIN_ID]... DIR NODE_ID...
 # Idempotent: nothing is done when DIR/.done holds the SHA-256 of this script
 # and of the arguments; otherwise every file is made anew.
+#
+# The CA, node and admin certificates (and other-ca, foreign, renewed) are
+# made by the operator's tool, deploy/smtpsync-pki, so the tests run on
+# what a deployment gets; the certificates that tool cannot make (no SAN,
+# dates in the past or future) by `openssl ca` here.
 set -euo pipefail
+pki_tool=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../deploy" && pwd)/smtpsync-pki
 admins=()
 while getopts a: opt; do
     case $opt in
@@ -43,7 +49,9 @@ umask 077
 mkdir -p "$dir"
 cd "$dir"
 rm -f .done
-rm -rf ca-db && mkdir -p ca-db/new && : > ca-db/index.txt && echo 1000 > ca-db/serial
+rm -rf ca-db .other .renew
+rm -f ca.pem ca.key other-ca.pem other-ca.key
+mkdir -p ca-db/new && : > ca-db/index.txt && echo 1000 > ca-db/serial
 
 cat > ca.cnf <<'CNF'
 [ ca ]
@@ -63,49 +71,66 @@ commonName = supplied
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth, clientAuth
-[ v3_admin ]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = clientAuth
 CNF
 
 q() { "$@" >/dev/null 2>&1 || { echo "make-pki: failed: $*" >&2; "$@"; exit 1; }; }
 
-ca() {
-    local name=$1 cn=$2
-    q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
-        -subj "/CN=$cn" -keyout "$name.key" -out "$name.pem"
+# pki DIR ARGS...: deploy/smtpsync-pki -d DIR ARGS... (its stderr on failure).
+pki() {
+    local d=$1
+    shift
+    "$pki_tool" -d "$d" "$@" >/dev/null || { echo "make-pki: failed: smtpsync-pki $*" >&2; exit 1; }
 }
 
-# cert NAME CN SAN EXT ISSUER [STARTDATE ENDDATE]
+# take FROM TO: FROM.pem / FROM.key become TO.pem / TO.key.
+take() {
+    mv -f "$1.pem" "$2.pem"
+    mv -f "$1.key" "$2.key"
+}
+
+# cert NAME CN SAN STARTDATE ENDDATE: a node certificate of the deployment CA
+# with the given dates (SAN may be empty).
 cert() {
-    local name=$1 cn=$2 san=$3 ext=$4 issuer=$5 start=${6:-} end=${7:-}
+    local name=$1 cn=$2 san=$3 start=$4 end=$5
     local sanopt=()
     [ -n "$san" ] && sanopt=(-addext "subjectAltName = $san")
     q openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
         "${sanopt[@]}" -keyout "$name.key" -out "$name.csr"
-    local dates=(-days "${DAYS:-825}")
+    local dates=(-days 825)
     [ -n "$start" ] && dates=(-startdate "$start" -enddate "$end")
-    q openssl ca -batch -config ca.cnf -cert "$issuer.pem" -keyfile "$issuer.key" \
-        -extensions "$ext" "${dates[@]}" -in "$name.csr" -out "$name.pem" -notext
+    q openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key \
+        -extensions v3_node "${dates[@]}" -in "$name.csr" -out "$name.pem" -notext
     rm -f "$name.csr"
 }
 
-ca ca "smtpsync deployment test CA"
-ca other-ca "unrelated test CA"
+first=${nodes[0]}
+# smtpsync-pki init makes DIR 0700; a DIR the caller made keeps its mode.
+dir_mode=$(stat -c %a .)
+pki . init --cn "smtpsync deployment test CA" --days 3650
 for id in "${nodes[@]}"; do
-    cert "$id" "$id" "DNS:$id, IP:127.0.0.1" v3_node ca
+    rm -f "$id.pem" "$id.key"
+    pki . node "$id" --ip 127.0.0.1
     cat "$id.pem" ca.pem > "chain-$id.pem"
 done
 for id in "${admins[@]}"; do
-    cert "$id" "$id" "DNS:$id" v3_admin ca
+    rm -f "$id.pem" "$id.key"
+    pki . admin "$id"
 done
-first=${nodes[0]}
-cert cnonly cnonly "" v3_node ca
-cert expired "$first" "DNS:$first" v3_node ca 20200101000000Z 20200201000000Z
-cert future "$first" "DNS:$first" v3_node ca 20990101000000Z 20991231000000Z
-cert foreign "$first" "DNS:$first" v3_node other-ca
-DAYS=400 cert renewed "$first" "DNS:$first, IP:127.0.0.1" v3_node ca
+# An unrelated CA, and the first node's id signed by it.
+pki .other init --cn "unrelated test CA" --days 3650
+pki .other node "$first"
+take .other/ca other-ca
+take ".other/$first" foreign
+# The first node's id again: another key, valid 400 days (a renewal).
+mkdir -p .renew
+ln -f ca.pem ca.key .renew/
+pki .renew node "$first" --ip 127.0.0.1 --days 400
+take ".renew/$first" renewed
+rm -rf .other .renew
+cert cnonly cnonly "" "" ""
+cert expired "$first" "DNS:$first" 20200101000000Z 20200201000000Z
+cert future "$first" "DNS:$first" 20990101000000Z 20991231000000Z
 chmod 600 ./*.key
 chmod 644 ./*.pem
+chmod "$dir_mode" .
 printf '%s\n' "$stamp" > .done
