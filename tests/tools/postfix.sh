@@ -5,6 +5,8 @@
 #                                with the test certificates in CERTS
 #                                (tests/tools/make-certs.sh)
 #   postfix.sh stop DIR          stops it; harmless when it is not running
+#   postfix.sh remove DIR        stops it, forgets its configuration directory
+#                                and deletes what start made (DIR included)
 #   postfix.sh status DIR        exit 0 if it runs
 #   postfix.sh find DIR TEXT     paths of delivered messages (maildir new/
 #                                files) that contain TEXT, oldest first
@@ -50,6 +52,9 @@
 # DIR/etc there (creating a minimal /etc/postfix/main.cf if the package was
 # installed with "No configuration"). The default instance is never started.
 set -euo pipefail
+# Postfix's users read what start writes (main.cf, vmailbox, ...), whatever
+# the caller's umask; secrets are written with umask 077 below.
+umask 022
 
 SASL_USER=smtpuser
 SASL_DOMAIN=example.test
@@ -62,7 +67,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -133,6 +138,20 @@ PY
 
 have_ipv6() {
     grep -q '^0\{31\}1 ' /proc/net/if_inet6 2>/dev/null
+}
+
+# Runs "$@" holding a lock on the default configuration: instances started
+# or removed at the same time (the test suite's, the demo's) each rewrite
+# alternate_config_directories.
+with_config_lock() {
+    local rc=0
+    local dir=/run/lock
+    [ -d "$dir" ] || dir=/tmp
+    exec {lock_fd}>"$dir/smtpsync-postfix.lock"
+    flock "$lock_fd"
+    "$@" || rc=$?
+    exec {lock_fd}>&-
+    return "$rc"
 }
 
 # Lists DIR/etc in alternate_config_directories of the default instance.
@@ -406,7 +425,7 @@ start() {
     printf '%s@%s user/\n@%s catchall/\n' user "$SASL_DOMAIN" "$SASL_DOMAIN" >"$dir/etc/vmailbox"
     write_sasl "$dir"
     : >"$dir/maillog"
-    register_config_dir "$dir/etc"
+    with_config_lock register_config_dir "$dir/etc"
 
     cat >"$top/instance.env" <<EOF
 PORT_PLAIN=$PORT_PLAIN
@@ -454,6 +473,47 @@ stop() {
     postfix -c "$dir/etc" abort >/dev/null 2>&1 || true
 }
 
+# Takes DIR/etc out of alternate_config_directories.
+unregister_config_dir() {
+    local etc=$1 current kept='' d
+    [ -f /etc/postfix/main.cf ] || return 0
+    current=$(postconf -c /etc/postfix -h alternate_config_directories 2>/dev/null || true)
+    case " ${current//,/ } " in
+    *" $etc "*) ;;
+    *) return 0 ;;
+    esac
+    for d in ${current//,/ }; do
+        [ "$d" = "$etc" ] || kept+="${kept:+, }$d"
+    done
+    if [ -z "$kept" ]; then
+        postconf -c /etc/postfix -X alternate_config_directories
+    else
+        postconf -c /etc/postfix -e "alternate_config_directories = $kept"
+    fi
+}
+
+# Stops the instance of DIR and deletes it: DIR, and the directory in
+# /var/tmp DIR/instance links to.
+remove() {
+    local top dir
+    [ $# -eq 1 ] || usage
+    [ -e "$1" ] || return 0
+    if [ -L "$1" ] || [ ! -d "$1" ]; then die "$1 is not a directory"; fi
+    top=$(cd "$1" && pwd -P)
+    stop "$top"
+    dir=$(home_of "$top")
+    if [ -d /etc/postfix ]; then
+        with_config_lock unregister_config_dir "$dir/etc"
+    fi
+    if [ "$dir" != "$top" ]; then
+        case $dir in
+        /var/tmp/smtpsync-postfix-*) rm -rf "$dir" ;;
+        *) die "$top/instance points to $dir, not a directory start made" ;;
+        esac
+    fi
+    rm -rf "$top"
+}
+
 status() {
     [ $# -eq 1 ] || usage
     [ -d "$1" ] && running "$(home_of "$(abspath "$1")")"
@@ -479,6 +539,7 @@ cmd=${1:-}
 case $cmd in
 start) start "$@" ;;
 stop) stop "$@" ;;
+remove) remove "$@" ;;
 status) status "$@" ;;
 find) find_messages "$@" ;;
 *) usage ;;
