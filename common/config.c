@@ -15,12 +15,14 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/un.h>
 
 #include "error.h"
@@ -33,6 +35,7 @@ enum config_kind {
     KIND_PATH,     /* an absolute path */
     KIND_SOCKET,   /* an absolute path that fits sun_path */
     KIND_ADDR,     /* host:port */
+    KIND_LOOPBACK, /* a loopback host:port, port 0 allowed; empty: off */
     KIND_UINT,     /* unsigned, [min, max] */
     KIND_DURATION, /* milliseconds, [min, max] */
     KIND_HOSTNAME, /* a DNS name (EHLO) */
@@ -74,7 +77,7 @@ static const struct config_key node_keys[] = {
      false},
     {"listen", KIND_ADDR, NUM(node, listen), ANY, "", false},
     {"address", KIND_ADDR, NUM(node, address), ANY, "", false},
-    {"metrics_listen", KIND_ADDR, NUM(node, metrics_listen), ANY, "", false},
+    {"metrics_listen", KIND_LOOPBACK, NUM(node, metrics_listen), ANY, "", false},
 };
 
 static const struct config_key tls_keys[] = {
@@ -306,7 +309,9 @@ static void format_duration(uint64_t ms, char *buf, size_t len)
 }
 
 /* host:port or [v6]:port into `a`; false with `why`. */
-static bool parse_addr(const char *text, struct config_addr *a, char *why, size_t whylen)
+/* host:port; port 0 ("any free port") only if `allow_zero`. */
+static bool parse_addr(const char *text, bool allow_zero, struct config_addr *a, char *why,
+                       size_t whylen)
 {
     char host[CONFIG_ADDR_MAX + 1], hwhy[160];
     const char *colon;
@@ -322,8 +327,8 @@ static bool parse_addr(const char *text, struct config_addr *a, char *why, size_
         snprintf(why, whylen, "must be host:port (IPv6 in brackets: [::1]:7443)");
         return false;
     }
-    if (port < 1 || port > 65535) {
-        snprintf(why, whylen, "port must be 1-65535");
+    if (port < (allow_zero ? 0u : 1u) || port > 65535) {
+        snprintf(why, whylen, "port must be %d-65535", allow_zero ? 0 : 1);
         return false;
     }
     hlen = (size_t)(colon - text);
@@ -355,6 +360,20 @@ static bool parse_addr(const char *text, struct config_addr *a, char *why, size_
     memcpy(a->host, host, strlen(host) + 1);
     a->port = (uint16_t)port;
     return true;
+}
+
+/* 127.0.0.0/8, ::1 or "localhost": what is reachable from this host only. */
+static bool host_is_loopback(const char *host)
+{
+    unsigned char a[16];
+
+    if (strcasecmp(host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, host, a) == 1)
+        return a[0] == 127;
+    if (inet_pton(AF_INET6, host, a) == 1)
+        return memcmp(a, &in6addr_loopback, sizeof(in6addr_loopback)) == 0;
+    return false;
 }
 
 /* ---- id lists ---- */
@@ -511,7 +530,26 @@ static bool key_set(const struct config_key *k, void *base, const char *value, c
             memset(field, 0, sizeof(struct config_addr));
             return true;
         }
-        return parse_addr(value, (struct config_addr *)(void *)field, why, whylen);
+        return parse_addr(value, false, (struct config_addr *)(void *)field, why, whylen);
+    case KIND_LOOPBACK: {
+        struct config_addr *a = (struct config_addr *)(void *)field;
+        if (value[0] == '\0') {
+            memset(a, 0, sizeof(*a));
+            return true;
+        }
+        if (!parse_addr(value, true, a, why, whylen))
+            return false;
+        if (!host_is_loopback(a->host)) {
+            /* The endpoint has no authentication: nothing but this host
+             * may reach it. */
+            snprintf(why, whylen,
+                     "metrics are served on loopback only (127.0.0.0/8, [::1] or localhost): "
+                     "the endpoint has no authentication");
+            memset(a, 0, sizeof(*a));
+            return false;
+        }
+        return true;
+    }
     case KIND_UINT:
         if (!parse_u64(value, strlen(value), &n) || n < k->min || n > k->max) {
             snprintf(why, whylen, "must be a whole number from %llu to %llu",
@@ -601,6 +639,7 @@ static void key_format(const struct config_key *k, const void *base, char *buf, 
         snprintf(buf, len, "%s", field);
         return;
     case KIND_ADDR:
+    case KIND_LOOPBACK:
         snprintf(buf, len, "%s", ((const struct config_addr *)(const void *)field)->text);
         return;
     case KIND_UINT:
@@ -896,7 +935,8 @@ static int handler(void *user, const char *section, const char *name, const char
     grown->line = ps->lineno;
     memcpy(grown->label, ps->label, sizeof(grown->label));
 
-    if (value[0] == '\0') {
+    /* An empty metrics_listen turns the endpoint off, as leaving it out. */
+    if (value[0] == '\0' && k->kind != KIND_LOOPBACK) {
         problem_add(ps->p, ps->name, ps->lineno, "empty value for '%s' in %s", name, where);
         return 1;
     }

@@ -9,7 +9,10 @@
  *   address = 10.0.0.1:7443       ; how other nodes reach this one (kept in the
  *                                 ; membership, used after a promotion);
  *                                 ; default: listen, unless it is a wildcard
- *   metrics_listen = 127.0.0.1:9465
+ *   metrics_listen = 127.0.0.1:9465 ; Prometheus GET /metrics; loopback only
+ *                                 ; (127.0.0.0/8, [::1], localhost: no
+ *                                 ; authentication); port 0: any free port;
+ *                                 ; empty or absent: off; restart to change
  *
  *   [tls]                         ; required with listen or [replica] sections
  *   ca = /etc/smtpsync/ca.pem
@@ -118,7 +121,7 @@ struct config {
         char submit_socket[CONFIG_SOCKET_MAX];
         struct config_addr listen;
         struct config_addr address;
-        struct config_addr metrics_listen;
+        struct config_addr metrics_listen; /* text "" when off; port 0: any */
     } node;
     struct {
         char ca[CONFIG_PATH_MAX]; /* "" when not configured */

@@ -38,6 +38,7 @@ struct mtls_ctx {
     SSL_CTX *client;
     time_t not_before;
     time_t not_after;
+    time_t ca_not_after; /* the earliest of the CA file's certificates; -1: unreadable */
     char id[MTLS_ID_MAX + 1];
 };
 
@@ -360,6 +361,12 @@ int mtls_ctx_load(const char *ca, const char *cert, const char *key, struct mtls
     }
     if ((rc = mtls_make_store(ca, cas, &store, why, whylen)) < 0)
         goto done;
+    c->ca_not_after = -1;
+    for (int i = 0; i < sk_X509_num(cas); i++) {
+        time_t t = (time_t)pem_not_after(sk_X509_value(cas, i));
+        if (t >= 0 && (c->ca_not_after < 0 || t < c->ca_not_after))
+            c->ca_not_after = t;
+    }
     rc = -ENOMEM;
     chain = sk_X509_new_null();
     if (chain == NULL)
@@ -428,6 +435,11 @@ const char *mtls_ctx_id(const struct mtls_ctx *ctx)
 time_t mtls_ctx_expiry(const struct mtls_ctx *ctx)
 {
     return ctx->not_after;
+}
+
+time_t mtls_ctx_ca_expiry(const struct mtls_ctx *ctx)
+{
+    return ctx->ca_not_after;
 }
 
 time_t mtls_ctx_not_before(const struct mtls_ctx *ctx)

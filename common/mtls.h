@@ -73,6 +73,9 @@ const char *mtls_ctx_id(const struct mtls_ctx *ctx);
 /* This node's certificate's notAfter and notBefore, as Unix time. */
 time_t mtls_ctx_expiry(const struct mtls_ctx *ctx);
 time_t mtls_ctx_not_before(const struct mtls_ctx *ctx);
+/* The earliest notAfter of the CA file's certificates (the trust ends with
+ * it); -1 if none was readable. */
+time_t mtls_ctx_ca_expiry(const struct mtls_ctx *ctx);
 
 /* True if this node's certificate expires before now + seconds (status
  * warns with MTLS_EXPIRY_WARN_SECONDS). `now` is injectable for tests. */

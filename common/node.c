@@ -11,7 +11,10 @@
  * What arrives on the submission socket is node_intake's (batched
  * submissions, queue queries and actions); replication and the admin API
  * on the mTLS port are repl_node's (repl.h), started when [tls] is
- * configured and stopped as one more part; this file runs the rest.
+ * configured and stopped as one more part; the metrics endpoint
+ * (metrics_http.h, [node] metrics_listen) is one more part, its gauges
+ * node_metrics.c's, read from this node at each scrape; this file runs the
+ * rest.
  */
 #include "node.h"
 
@@ -34,7 +37,9 @@
 
 #include "error.h"
 #include "log.h"
+#include "metrics_http.h"
 #include "mtls.h"
+#include "node_metrics.h"
 #include "outbox.h"
 #include "repl.h"
 #include "sender.h"
@@ -81,15 +86,16 @@ struct node {
     bool sender_restart; /* start a new sender once the old one has stopped */
     struct submit_server *submit;
     int lock_fd;
-    struct mtls_ctx *ctx;   /* [tls]; NULL without replication */
-    struct repl_node *repl; /* replication and admin API; NULL without [tls] */
+    struct mtls_ctx *ctx;         /* [tls]; NULL without replication */
+    struct repl_node *repl;       /* replication and admin API; NULL without [tls] */
+    struct metrics_http *metrics; /* GET /metrics; NULL without metrics_listen */
 
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t watch;
     struct node_intake intake; /* its check handle is one of the handles */
     bool handles_started;      /* the signals and the watch timer */
     bool intake_ready;
-    unsigned parts; /* submission server, sender and replication still stopping */
+    unsigned parts; /* submission server, sender, replication and metrics still stopping */
 
     uint64_t revision; /* the store's revision last seen */
     int watch_error;   /* last store_info error logged, to log a change only */
@@ -358,6 +364,59 @@ static void on_repl_stopped(void *arg)
     node_part_done(n);
 }
 
+/* ---- metrics ---- */
+
+/* What the node is now: a promoted replica daemon is the primary. */
+static enum node_role current_role(const struct node *n)
+{
+    if (n->repl == NULL)
+        return n->params->role;
+    return repl_node_is_primary(n->repl) ? NODE_ROLE_PRIMARY : NODE_ROLE_REPLICA;
+}
+
+/* The state gauges, read from the node as it is at the scrape. */
+static void collect(struct metrics_out *o, void *arg)
+{
+    struct node *n = arg;
+    struct node_metrics_source src = {
+        .node_id = n->cfg.node.id,
+        .role = node_role_name(current_role(n)),
+        .version = SMTPSYNC_VERSION,
+        .store = n->store,
+        .outbox = n->outbox,
+        .sender = n->sender,
+        .ctx = n->ctx,
+        .repl = n->repl,
+    };
+
+    node_metrics_write(o, &src);
+}
+
+static int start_metrics(struct node *n)
+{
+    const struct config_addr *a = &n->cfg.node.metrics_listen;
+    char why[256];
+    int err;
+
+    if (a->text[0] == '\0')
+        return 0;
+    err = metrics_http_start(&n->loop, a->text, collect, n, &n->metrics, why, sizeof(why));
+    if (err != 0) {
+        n->metrics = NULL;
+        log_error("cannot serve metrics on %s: %s", a->text, why[0] != '\0' ? why : error_str(err));
+        return err;
+    }
+    return 0; /* metrics_http logs "metrics: listening on http://...". */
+}
+
+static void on_metrics_stopped(void *arg)
+{
+    struct node *n = arg;
+
+    n->metrics = NULL;
+    node_part_done(n);
+}
+
 /* ---- reload ---- */
 
 struct reload {
@@ -532,6 +591,10 @@ static void node_stop(struct node *n, int exit_code, const char *why)
     if (n->repl != NULL) {
         n->parts++;
         repl_node_stop(n->repl, on_repl_stopped, n);
+    }
+    if (n->metrics != NULL) {
+        n->parts++;
+        metrics_http_stop(n->metrics, on_metrics_stopped, n);
     }
     node_part_done(n);
 }
@@ -745,6 +808,11 @@ int node_run(const struct node_params *params)
     }
     if (repl_begin(n) != 0) {
         node_stop(n, NODE_EXIT_FAIL, "replication could not start");
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+        goto close_data;
+    }
+    if (start_metrics(n) != 0) {
+        node_stop(n, NODE_EXIT_FAIL, "no metrics endpoint");
         uv_run(&n->loop, UV_RUN_DEFAULT);
         goto close_data;
     }

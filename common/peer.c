@@ -34,6 +34,7 @@
 #include "error.h"
 #include "frame.h"
 #include "log.h"
+#include "metrics.h"
 #include "syntax.h"
 #include "tlsio.h"
 
@@ -313,6 +314,23 @@ static void peer_dispatch(struct peer *p)
     }
 }
 
+/* The reason a TLS alert from the other side gives: OpenSSL sends
+ * "unknown ca" or "certificate expired" for a chain it refused, and
+ * "handshake failure" for what a verify callback refused (ours refuses
+ * what is not authorized, or not the expected id). */
+static const char *peer_alert_reason(const char *why)
+{
+    if (strstr(why, "unknown ca") != NULL)
+        return METRICS_TLS_UNKNOWN_CA;
+    if (strstr(why, "certificate expired") != NULL)
+        return METRICS_TLS_EXPIRED;
+    if (strstr(why, "handshake failure") != NULL)
+        return METRICS_TLS_NOT_AUTHORIZED;
+    if (strstr(why, "protocol version") != NULL)
+        return METRICS_TLS_PROTOCOL;
+    return METRICS_TLS_OTHER;
+}
+
 /* The stream ended (close_notify, EOF or a TLS failure while reading). */
 static void peer_stream_end(struct peer *p, int rc)
 {
@@ -326,11 +344,13 @@ static void peer_stream_end(struct peer *p, int rc)
         peer__fail(p, 0, false, "closed by the peer");
     else if (p->remote_eof)
         peer__fail(p, -ECONNRESET, false, "connection closed by the peer without close_notify");
-    else if (p->listener == NULL && p->frames_in == 0 && strstr(tlsio_why(p->tls), "alert"))
+    else if (p->listener == NULL && p->frames_in == 0 && strstr(tlsio_why(p->tls), "alert")) {
         /* TLS 1.3: the server judged our certificate after our handshake
          * completed, and refused it. */
+        metrics_count(METRICS_TLS_HANDSHAKE_FAILURES, "replication",
+                      peer_alert_reason(tlsio_why(p->tls)), 1);
         peer__fail(p, ERROR_TLS, false, "refused by the server: %s", tlsio_why(p->tls));
-    else
+    } else
         peer__fail(p, ERROR_TLS, false, "TLS failure: %s", tlsio_why(p->tls));
 }
 
@@ -502,6 +522,24 @@ static int peer_check_session(struct peer *p)
     return 0;
 }
 
+/* Why a handshake failed, for smtpsync_tls_handshake_failures_total: a
+ * certificate refused by our verify callback is not authorized (server:
+ * not a member or admin) or not the expected id (client); one OpenSSL
+ * refused has its verify result; an alert from the other side says why it
+ * refused ours; the rest is the protocol's. */
+static const char *peer_tls_reason(struct peer *p)
+{
+    long vr = SSL_get_verify_result(tlsio_ssl(p->tls));
+
+    if (vr == X509_V_ERR_APPLICATION_VERIFICATION)
+        return p->listener != NULL ? METRICS_TLS_NOT_AUTHORIZED : METRICS_TLS_HOSTNAME_MISMATCH;
+    if (vr != X509_V_OK)
+        return metrics_tls_reason(vr);
+    if (strstr(tlsio_why(p->tls), "alert") != NULL)
+        return peer_alert_reason(tlsio_why(p->tls));
+    return METRICS_TLS_PROTOCOL;
+}
+
 /* Advances the handshake with what was fed; OPEN when it completes. */
 static void peer_handshake(struct peer *p)
 {
@@ -515,13 +553,16 @@ static void peer_handshake(struct peer *p)
         }
     }
     if (rc == TLSIO_AGAIN) {
-        if (p->remote_eof)
+        if (p->remote_eof) {
+            metrics_count(METRICS_TLS_HANDSHAKE_FAILURES, "replication", METRICS_TLS_PROTOCOL, 1);
             peer__fail(p, ERROR_TLS, false, "TLS handshake failed: the peer closed the connection");
+        }
         return;
     }
     if (rc < 0) {
         const char *why = p->why[0] ? p->why : tlsio_why(p->tls);
 
+        metrics_count(METRICS_TLS_HANDSHAKE_FAILURES, "replication", peer_tls_reason(p), 1);
         peer__fail(p, ERROR_TLS, false, "TLS handshake failed: %s",
                    why[0] ? why : "unknown reason");
         return;
@@ -709,6 +750,7 @@ void peer__event(struct peer *p, enum peer_event ev, int status, const char *dat
                        p->attempts[0] ? ": " : "", p->attempts);
             break;
         case PEER_HANDSHAKE:
+            metrics_count(METRICS_TLS_HANDSHAKE_FAILURES, "replication", METRICS_TLS_TIMEOUT, 1);
             peer__fail(p, -ETIMEDOUT, false, "handshake timed out after %llu ms",
                        (unsigned long long)p->params.handshake_timeout_ms);
             break;

@@ -101,6 +101,10 @@ struct target {
 
     bool logged_sync;         /* "in sync at revision N" was logged for ... */
     uint64_t logged_sync_rev; /* ... this N */
+
+    /* The encoded size of the Delta or Snapshot sent and not yet answered
+     * (0: none), counted in the push metrics once its fate is known. */
+    size_t push_bytes;
 };
 
 struct repl_primary {

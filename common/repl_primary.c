@@ -39,6 +39,7 @@
 #include "error.h"
 #include "internal.h"
 #include "log.h"
+#include "metrics.h"
 #include "repl_internal.h"
 
 #ifndef SMTPSYNC_VERSION
@@ -121,7 +122,22 @@ int repl__target_send(struct target *t, Smtpsync__Frame *f)
     rc = peer_send(t->peer, f);
     if (rc == 0)
         t->last_sent_ms = repl__now_ms(t->rp);
+    if (rc == 0 && (f->body_case == SMTPSYNC__FRAME__BODY_DELTA ||
+                    f->body_case == SMTPSYNC__FRAME__BODY_SNAPSHOT))
+        t->push_bytes = smtpsync__frame__get_packed_size(f);
     return rc;
+}
+
+/* The push in flight is settled: "ok" when acknowledged, "failed" when
+ * answered otherwise (refused, Diverged, a State, Fenced) or when the
+ * connection closed before its answer. */
+static void push_settled(struct target *t, const char *result)
+{
+    if (t->push_bytes == 0)
+        return;
+    metrics_count(METRICS_REPL_PUSHES, t->id, result, 1);
+    metrics_count(METRICS_REPL_PUSH_BYTES, t->id, result, t->push_bytes);
+    t->push_bytes = 0;
 }
 
 /* ---- snapshot slots ---- */
@@ -528,6 +544,8 @@ static void on_frame(void *arg, struct peer *p, const Smtpsync__Frame *f)
 
     (void)p;
     t->last_contact_ms = repl__now_ms(t->rp);
+    if (answer)
+        push_settled(t, f->body_case == SMTPSYNC__FRAME__BODY_ACK ? "ok" : "failed");
     switch (f->body_case) {
     case SMTPSYNC__FRAME__BODY_STATE:
         /* The answer to a Hello, or to a Delta that no longer fit the
@@ -582,6 +600,7 @@ static void on_close(void *arg, struct peer *p, int err, const char *reason)
     struct repl_sched_params sp = repl__sched_params(rp);
 
     (void)p;
+    push_settled(t, "failed");
     t->peer = NULL;
     t->inflight = 0;
     t->known = false;

@@ -47,6 +47,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "sender_internal.h"
 #include "settings.h"
 #include "smtp_client.h"
@@ -582,6 +583,12 @@ void sender__release(struct sender *s, struct sender_item *item)
     sender_item_free(item);
 }
 
+/* The priority label of the delivery metrics (as `queue` names them). */
+static const char *priority_label(enum outbox_priority p)
+{
+    return p == OUTBOX_TOKENCODE ? "tokencode" : "report";
+}
+
 static uint64_t sender_backoff(struct sender *s, const struct outbox_msg *m)
 {
     return backoff_delay(s->retry_initial_ms, s->retry_max_ms, m->attempts + 1, &s->rng);
@@ -608,6 +615,9 @@ void sender__delivered(struct sender *s, struct sender_session *sess, struct sen
              m->id, res->naccepted, sess->relay_name, m->attempts + 1,
              sender__now(s) - item->started_ms, sender__now(s) - m->created_ms);
     s->stats.delivered++;
+    metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "delivered", 1);
+    metrics_observe(METRICS_DELIVERY_LATENCY, priority_label(m->priority),
+                    (double)(sender__now(s) - m->created_ms) / 1000.0);
     for (size_t i = 0; res->rcpts != NULL && res->naccepted < m->nrcpts && i < m->nrcpts; i++) {
         int code = res->rcpts[i].code;
         char *rcpt = m->rcpts[i];
@@ -644,6 +654,7 @@ void sender__delivered(struct sender *s, struct sender_session *sess, struct sen
              m->id, m->attempts + 1, nkeep, (delay + 999) / 1000,
              log_quote(quoted, sizeof(quoted), error));
     s->stats.deferred++;
+    metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "deferred", 1);
     sender__set_last_error(s, error);
     sender_result_add(s, m->id, OUTBOX_DEFER, sender__now(s) + (int64_t)delay, error, m, nkeep);
     item->m = NULL; /* the result holds it until the commit */
@@ -667,10 +678,12 @@ void sender__failed(struct sender *s, struct sender_item *item, bool temporary, 
         log_info("deferred id=%" PRIu64 " attempt=%" PRIu32 " next_try_in=%" PRIu64 "s reason=%s",
                  m->id, m->attempts + 1, (delay + 999) / 1000, quoted);
         s->stats.deferred++;
+        metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "deferred", 1);
         sender_result_add(s, m->id, OUTBOX_DEFER, now + (int64_t)delay, reason, NULL, 0);
     } else {
         log_warnx("dead id=%" PRIu64 " reason=%s", m->id, quoted);
         s->stats.dead++;
+        metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "dead", 1);
         sender_result_add(s, m->id, OUTBOX_DEAD, 0, reason, NULL, 0);
     }
     sender__set_last_error(s, reason);

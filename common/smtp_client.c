@@ -39,6 +39,7 @@
 #include <openssl/crypto.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "syntax.h"
 
 static_assert(SMTP_REPLY_LINE_MAX == SMTP_CLIENT_LINE_MAX, "one line limit");
@@ -637,6 +638,7 @@ static void event_timeout(struct smtp_client *c)
     case SMTP_CLIENT_TLS:
     case SMTP_CLIENT_STARTTLS_TLS:
         snprintf(what, sizeof(what), "no TLS handshake within %llu s", secs);
+        metrics_count(METRICS_TLS_HANDSHAKE_FAILURES, "smtp", METRICS_TLS_TIMEOUT, 1);
         smtp_client__step(c, SMTP_STEP_TLS, false, SMTP_FAIL_TIMEOUT, what, NULL);
         smtp_client__finish(c, SMTP_FAIL_TIMEOUT, "%s: %s", c->host, what);
         return;

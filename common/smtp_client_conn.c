@@ -24,6 +24,7 @@
 #include <openssl/x509_vfy.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "pem.h"
 
 #define CONTAINER_OF(ptr, type, field) ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
@@ -486,6 +487,8 @@ static void tls_failed(struct smtp_client *c, bool eof)
     const char *why = tlsio_why(c->tls);
     char detail[SMTP_CLIENT_REASON_MAX];
 
+    metrics_count(METRICS_TLS_HANDSHAKE_FAILURES, "smtp",
+                  verify != X509_V_OK ? metrics_tls_reason(verify) : METRICS_TLS_PROTOCOL, 1);
     if (verify != X509_V_OK) {
         enum smtp_fail f = cert_fail(verify);
 
@@ -567,6 +570,7 @@ void smtp_client__tls_eof(struct smtp_client *c)
         tls_failed(c, true);
         return;
     }
+    metrics_count(METRICS_TLS_HANDSHAKE_FAILURES, "smtp", METRICS_TLS_PROTOCOL, 1);
     smtp_client__step(c, SMTP_STEP_TLS, false, SMTP_FAIL_TLS_HANDSHAKE,
                       "the server closed the connection during the handshake", NULL);
     smtp_client__finish(c, SMTP_FAIL_TLS_HANDSHAKE,
