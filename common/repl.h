@@ -66,13 +66,14 @@
 #include "smtpsync.pb-c.h"
 #include "store.h"
 
-#define REPL_KEEPALIVE_DEFAULT_MS    30000u
-#define REPL_STATUS_FLUSH_DEFAULT_MS 1000u
-#define REPL_LISTEN_IDLE_DEFAULT_MS  300000u
-#define REPL_SNAPSHOTS_DEFAULT       4u
-#define REPL_DELTA_MAX_REVISIONS     256u /* per Delta frame; more follow on its Ack */
-#define REPL_ERROR_MAX               256  /* a last_error, with its NUL */
-#define REPL_ADDR_MAX                PEER_ADDR_MAX
+#define REPL_KEEPALIVE_DEFAULT_MS      30000u
+#define REPL_ANSWER_TIMEOUT_DEFAULT_MS 20000u
+#define REPL_STATUS_FLUSH_DEFAULT_MS   1000u
+#define REPL_LISTEN_IDLE_DEFAULT_MS    300000u
+#define REPL_SNAPSHOTS_DEFAULT         4u
+#define REPL_DELTA_MAX_REVISIONS       256u /* per Delta frame; more follow on its Ack */
+#define REPL_ERROR_MAX                 256  /* a last_error, with its NUL */
+#define REPL_ADDR_MAX                  PEER_ADDR_MAX
 
 /* What [replication] sets, plus knobs tests turn. */
 struct repl_tuning {
@@ -83,9 +84,11 @@ struct repl_tuning {
     unsigned snapshot_concurrency; /* snapshots in flight at once; 0: 4 */
     uint64_t retry_initial_ms;     /* first retry after a failure; 0: 1 s */
     uint64_t keepalive_ms;         /* a quiet connection gets a StatusQuery; 0: 30 s */
+    uint64_t answer_timeout_ms;    /* Hello/Delta/Snapshot unanswered: reconnect; 0: 20 s */
     uint64_t status_flush_ms;      /* persisted status written at most this often; 0: 1 s */
-    /* The pusher's connections. idle_timeout_ms 0 means 4 * keepalive:
-     * the replica answers every keepalive, so only a dead peer is idle. */
+    /* The pusher's connections. idle_timeout_ms 0 means keepalive + answer
+     * timeout: the replica answers every keepalive, so only a dead peer is
+     * idle that long. */
     struct peer_params peer;
 };
 

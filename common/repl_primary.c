@@ -80,6 +80,18 @@ uint64_t repl__keepalive_ms(const struct repl_primary *rp)
     return rp->tuning.keepalive_ms ? rp->tuning.keepalive_ms : REPL_KEEPALIVE_DEFAULT_MS;
 }
 
+static uint64_t answer_timeout_ms(const struct repl_primary *rp)
+{
+    return rp->tuning.answer_timeout_ms ? rp->tuning.answer_timeout_ms
+                                        : REPL_ANSWER_TIMEOUT_DEFAULT_MS;
+}
+
+/* Hello, Delta and Snapshot each wait for one answer (inflight). */
+static bool target_awaits_answer(const struct target *t)
+{
+    return t->state == T_HELLO || t->state == T_PUSHING || t->state == T_SNAPSHOT;
+}
+
 static void hex8(const uint8_t *h, size_t len, char out[17])
 {
     static const char digits[] = "0123456789abcdef";
@@ -230,6 +242,7 @@ static void target_send_snapshot(struct target *t)
     if (rc == 0) {
         target_set_state(t, T_SNAPSHOT);
         t->inflight = f.id;
+        repl__target_arm(t);
         log_info("replica %s: snapshot of revision %" PRIu64 " sent (%zu records)", t->id,
                  s->revision, s->n_records);
         repl__mark_dirty(t);
@@ -307,6 +320,7 @@ void repl__target_send_delta(struct target *t)
     if (rc == 0) {
         target_set_state(t, T_PUSHING);
         t->inflight = f.id;
+        repl__target_arm(t);
         log_debug("replica %s: delta %" PRIu64 "..%" PRIu64 " sent", t->id, d->from_revision,
                   d->to_revision);
         repl__mark_dirty(t);
@@ -379,7 +393,7 @@ void repl__target_send_hello(struct target *t)
     if (rc == 0) {
         target_set_state(t, T_HELLO);
         t->inflight = f.id;
-        uv_timer_stop(&t->timer);
+        repl__target_arm(t);
     } else if (t->peer != NULL) {
         peer_close(t->peer, rc, "cannot send Hello");
     }
@@ -641,7 +655,7 @@ void repl__target_connect(struct target *t)
     if (t->address[0] == '\0')
         return;
     if (pp.idle_timeout_ms == 0)
-        pp.idle_timeout_ms = 4 * repl__keepalive_ms(rp);
+        pp.idle_timeout_ms = repl__keepalive_ms(rp) + answer_timeout_ms(rp);
     rc = peer_connect(rp->loop, t->address, rp->ctx, t->id, &pp, &target_callbacks, t, &t->peer);
     if (rc != 0) {
         t->peer = NULL;
@@ -690,6 +704,19 @@ static void on_timer(uv_timer_t *h)
             repl__target_arm(t);
         }
         break;
+    case T_HELLO:
+    case T_PUSHING:
+    case T_SNAPSHOT:
+        /* A link that went down without a FIN or RST (a partition) holds
+         * the connection open until TCP gives up, minutes later: an answer
+         * that does not come in time ends it, so the status says
+         * unreachable and the reconnect backoff starts now. */
+        target_fail(t, -ETIMEDOUT, "no answer to the %s within %" PRIu64 " ms",
+                    t->state == T_HELLO     ? "Hello"
+                    : t->state == T_PUSHING ? "Delta"
+                                            : "Snapshot",
+                    answer_timeout_ms(t->rp));
+        break;
     default:
         break;
     }
@@ -723,8 +750,12 @@ void repl__target_arm(struct target *t)
         break;
     }
     default:
-        uv_timer_stop(&t->timer);
-        return;
+        if (!target_awaits_answer(t)) {
+            uv_timer_stop(&t->timer);
+            return;
+        }
+        delay = answer_timeout_ms(rp);
+        break;
     }
     uv_timer_start(&t->timer, on_timer, delay, 0);
 }

@@ -1435,10 +1435,12 @@ static void test_repl_refused_delta_does_not_raise_primary_revision(void **state
     bench_free(&b);
 }
 
-/* A stand-in for a replica: answers every Hello with Fenced at `epoch`. */
+/* A stand-in for a replica: answers every Hello with Fenced at `epoch`,
+ * or with nothing at all when `silent` (a peer behind a dead link). */
 struct fake_replica {
     struct peer_listener *l;
     uint64_t epoch;
+    bool silent;
     int hellos;
     struct peer *p;
 };
@@ -1460,6 +1462,8 @@ static void fake_frame(void *arg, struct peer *p, const Smtpsync__Frame *f)
     if (f->body_case != SMTPSYNC__FRAME__BODY_HELLO)
         return;
     fr->hellos++;
+    if (fr->silent)
+        return;
     smtpsync__fenced__init(&fd);
     fd.epoch = fr->epoch;
     smtpsync__frame__init(&out);
@@ -1543,6 +1547,53 @@ static void test_repl_primary_ignores_fenced_not_newer(void **state)
     bench_free(&b);
 }
 
+static bool pred_fake_three_hellos(struct bench *b, void *arg)
+{
+    (void)b;
+    return ((struct fake_replica *)arg)->hellos >= 3;
+}
+
+/* A replica that stops answering (its link went down without a FIN) is
+ * given up after the answer timeout, not after TCP's minutes: the status
+ * says why, and the primary reconnects. */
+static void test_repl_unanswered_hello_times_out(void **state)
+{
+    struct bench b;
+    struct fake_replica fr;
+    struct mtls_ctx *ctx;
+    char addr[64];
+    Smtpsync__StatusReply *r;
+    const Smtpsync__ReplicaStatus *rs;
+
+    (void)state;
+    bench_init(&b);
+    b.p.tuning.answer_timeout_ms = 200;
+    save_one(b.p.st, "primary", "mail.example.com", NULL);
+    bench_start(&b);
+    assert_true(run_until(&b, pred_all_synced, NULL, 5000));
+    node_stop(&b.r[0]);
+
+    memset(&fr, 0, sizeof(fr));
+    fr.silent = true;
+    ctx = load_ctx("site-b");
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", b.r[0].port);
+    assert_int_equal(peer_listen(&b.loop, addr, ctx, NULL, &fake_cb, &fr, &fr.l), 0);
+    mtls_ctx_unref(ctx);
+    primary_save(&b, "second", "mail2.example.com");
+    /* Each unanswered Hello ends its connection; the next one is another. */
+    assert_true(run_until(&b, pred_fake_three_hellos, &fr, 5000));
+    r = status_of(&b.p);
+    rs = replica_status(r, "site-b");
+    assert_non_null(strstr(rs->last_error, "no answer to the Hello within 200 ms"));
+    assert_true(rs->consecutive_failures >= 1);
+    smtpsync__status_reply__free_unpacked(r, NULL);
+    /* The others are not held up. */
+    assert_true(run_until(&b, pred_replica_synced, &b.r[1], 5000));
+
+    peer_listener_close(fr.l, NULL, NULL);
+    bench_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1555,6 +1606,7 @@ int main(void)
         cmocka_unit_test(test_repl_snapshot_concurrency_queue_drains),
         cmocka_unit_test(test_repl_status_fields_and_persistence),
         cmocka_unit_test(test_repl_keepalive_holds_quiet_connections),
+        cmocka_unit_test(test_repl_unanswered_hello_times_out),
         cmocka_unit_test(test_repl_sync_hook),
         cmocka_unit_test(test_repl_run_test_on_a_replica),
         cmocka_unit_test(test_repl_promotion_and_fenced_old_primary),
