@@ -137,9 +137,10 @@ send_token replica-1 cut-replica-1
 delivered replica-1 cut-replica-1 "replica-1-v1@example.test"
 
 # The primary's connection to replica-1 was open when the link went down:
-# nothing fails on it (TCP retransmits) until the keepalive gives up, so the
-# primary shows replica-1 behind. A primary restarted during the partition
-# cannot connect at all: replica-1 is unreachable, with the reason.
+# nothing fails on it (TCP retransmits) until the Delta has gone unanswered
+# for 20 s, so the primary shows replica-1 behind meanwhile (unit_repl
+# covers the answer timeout). A primary restarted during the partition
+# cannot connect at all: replica-1 is unreachable at once, with the reason.
 step "1. the primary restarts while replica-1 is cut off: replica-1 unreachable"
 # Its SIGTERM waits (at most the 10 s handshake timeout) for replica-1 to
 # take the octets still queued for it, which never comes.
