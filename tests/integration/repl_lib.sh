@@ -65,7 +65,7 @@ PKI=$T/pki
     exit 1
 }
 
-declare -A NODE_PORT=() NODE_PID=() NODE_BIN=() LOG_MARK=()
+declare -A NODE_PORT=() NODE_HOST=() NODE_PID=() NODE_BIN=() LOG_MARK=()
 CHANGE_SEQ=0
 SAVED_REV=0
 SAVED_AT_MS=0
@@ -116,7 +116,7 @@ CNF
 }
 
 node_config() {
-    local name=$1 kind=$2 line
+    local name=$1 kind=$2
     shift 2
     [ -n "${NODE_PORT[$name]:-}" ] || NODE_PORT[$name]=$(free_port)
     case $kind in
@@ -124,9 +124,18 @@ node_config() {
     replica) NODE_BIN[$name]=$SMTPSYNC_REPLICA ;;
     *) echo "node_config: kind $kind" >&2; exit 2 ;;
     esac
+    node_config_write "$name" "$@"
+}
+
+# node_config_write NAME [LINE]...: NAME's config file, listening on
+# ${NODE_HOST[NAME]} (127.0.0.1 unless set) at ${NODE_PORT[NAME]}.
+node_config_write() {
+    local name=$1 line
+    shift
     {
-        printf '[node]\nid = %s\ndata_dir = %s\nsubmit_socket = %s\nlisten = 127.0.0.1:%s\n' \
-            "$name" "$T/$name.data" "$T/$name.sock" "${NODE_PORT[$name]}"
+        printf '[node]\nid = %s\ndata_dir = %s\nsubmit_socket = %s\nlisten = %s:%s\n' \
+            "$name" "$T/$name.data" "$T/$name.sock" "${NODE_HOST[$name]:-127.0.0.1}" \
+            "${NODE_PORT[$name]}"
         printf '\n[tls]\nca = %s\ncert = %s\nkey = %s\n' "$PKI/ca.pem" "$PKI/$name.pem" \
             "$PKI/$name.key"
         printf '\n[admin]\nsuper_admins = alice\noperators = monitor\n'
@@ -141,9 +150,17 @@ node_alive() {
     [ -n "${NODE_PID[$1]:-}" ] && kill -0 "${NODE_PID[$1]}" 2>/dev/null
 }
 
+# ctl_near NAME ARGS...: smtpsyncctl where NAME's port can be reached from
+# (here, anywhere; sites_lib.sh runs it in NAME's network namespace).
+ctl_near() {
+    shift
+    "$SMTPSYNCCTL" "$@"
+}
+
 node_answers() {
-    "$SMTPSYNCCTL" --server "127.0.0.1:${NODE_PORT[$1]}" --server-id "$1" --ca "$PKI/ca.pem" \
-        --cert "$PKI/monitor.pem" --key "$PKI/monitor.key" --timeout 2 status >/dev/null 2>&1
+    ctl_near "$1" --server "${NODE_HOST[$1]:-127.0.0.1}:${NODE_PORT[$1]}" --server-id "$1" \
+        --ca "$PKI/ca.pem" --cert "$PKI/monitor.pem" --key "$PKI/monitor.key" --timeout 2 \
+        status >/dev/null 2>&1
 }
 
 node_start() {
@@ -213,8 +230,8 @@ log_has() {
 as() {
     local who=$1 name=$2
     shift 2
-    run "$SMTPSYNCCTL" --server "127.0.0.1:${NODE_PORT[$name]}" --server-id "$name" --ca "$PKI/ca.pem" \
-        --cert "$PKI/$who.pem" --key "$PKI/$who.key" "$@"
+    run ctl_near "$name" --server "${NODE_HOST[$name]:-127.0.0.1}:${NODE_PORT[$name]}" \
+        --server-id "$name" --ca "$PKI/ca.pem" --cert "$PKI/$who.pem" --key "$PKI/$who.key" "$@"
 }
 
 state_of() {

@@ -16,8 +16,8 @@
 #       has its own ports), with the certificates of $PKI; the daemon runs in
 #       the site's namespace (NODE_BIN[NAME] is a wrapper that execs
 #       `ip netns exec`, so NODE_PID is the daemon's own PID)
-#   node_answers NAME / as WHO NAME ARGS...   smtpsyncctl run inside NAME's
-#       namespace against NAME's address
+#   ctl_near NAME ARGS...   smtpsyncctl run inside NAME's namespace, so
+#       node_answers and `as WHO NAME` reach NAME's address (NODE_HOST)
 #
 # Everything else of repl_lib.sh (node_start, node_stop, state_of,
 # wait_same, replica_field, wait_replica_state, print_status, log_*, step)
@@ -175,7 +175,7 @@ ns_of() {
 # ---- repl_lib.sh on the test bed ----
 
 node_config() {
-    local name=$1 kind=$2 line bin
+    local name=$1 kind=$2 bin
     shift 2
     NODE_PORT["$name"]=7443
     case $kind in
@@ -187,30 +187,14 @@ node_config() {
     printf '#!/bin/sh\nexec ip netns exec %q %q "$@"\n' "$(ns_of "$name")" "$bin" >"$T/in-$name"
     chmod 755 "$T/in-$name"
     NODE_BIN["$name"]=$T/in-$name
-    {
-        printf '[node]\nid = %s\ndata_dir = %s\nsubmit_socket = %s\nlisten = %s:%s\n' \
-            "$name" "$T/$name.data" "$T/$name.sock" "${SITE_ADDR[$name]}" "${NODE_PORT[$name]}"
-        printf '\n[tls]\nca = %s\ncert = %s\nkey = %s\n' "$PKI/ca.pem" "$PKI/$name.pem" \
-            "$PKI/$name.key"
-        printf '\n[admin]\nsuper_admins = alice\noperators = monitor\n'
-        printf '\n[sender]\nretry_initial = 1\nretry_max = 2\n'
-        for line in "$@"; do
-            printf '%s\n' "$line"
-        done
-    } >"$T/$name.ini"
+    NODE_HOST["$name"]=${SITE_ADDR[$name]}
+    node_config_write "$name" "$@"
 }
 
-node_answers() {
-    ip netns exec "$(ns_of "$1")" "$SMTPSYNCCTL" --server "${SITE_ADDR[$1]}:${NODE_PORT[$1]}" \
-        --server-id "$1" --ca "$PKI/ca.pem" --cert "$PKI/monitor.pem" --key "$PKI/monitor.key" \
-        --timeout 2 status >/dev/null 2>&1
-}
-
-as() {
-    local who=$1 name=$2
-    shift 2
-    run ip netns exec "$(ns_of "$name")" "$SMTPSYNCCTL" --server "${SITE_ADDR[$name]}:${NODE_PORT[$name]}" \
-        --server-id "$name" --ca "$PKI/ca.pem" --cert "$PKI/$who.pem" --key "$PKI/$who.key" "$@"
+ctl_near() {
+    local name=$1
+    shift
+    ip netns exec "$(ns_of "$name")" "$SMTPSYNCCTL" "$@"
 }
 
 # ---- the mail server ----

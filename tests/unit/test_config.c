@@ -16,19 +16,6 @@
 
 #define MIN_NODE "[node]\nid = primary\ndata_dir = /var/lib/smtpsync\n"
 
-/* Parses `text` as the file "t.ini"; returns config_load_file's result. */
-static int parse(const char *text, struct config *c, struct config_problems *p)
-{
-    FILE *f = fmemopen((void *)(uintptr_t)text, strlen(text), "r");
-    int rc;
-
-    assert_non_null(f);
-    config_problems_init(p);
-    rc = config_load_file(f, "t.ini", c, p);
-    fclose(f);
-    return rc;
-}
-
 /* Prints the problems, for a failing test's log. */
 static void dump(const struct config_problems *p)
 {
@@ -42,7 +29,7 @@ static void expect_one(const char *text, const char *line)
     struct config_problems p;
     struct config c;
 
-    assert_int_equal(parse(text, &c, &p), ERROR_INVALID);
+    assert_int_equal(testutil_parse_config(text, &c, &p), ERROR_INVALID);
     if (p.count != 1 || strcmp(p.lines[0], line) != 0) {
         print_message("input:\n%s\nexpected: %s\n", text, line);
         dump(&p);
@@ -56,7 +43,7 @@ static void expect_ok(const char *text, struct config *c)
 {
     struct config_problems p;
 
-    if (parse(text, c, &p) != 0) {
+    if (testutil_parse_config(text, c, &p) != 0) {
         print_message("input:\n%s\n", text);
         dump(&p);
         fail();
@@ -222,7 +209,7 @@ static void test_config_every_bad_value(void **state)
         if (strcmp(cases[i].section, "node") == 0 && strcmp(cases[i].key, "data_dir") == 0)
             snprintf(text, sizeof(text), "[node]\nid = primary\n\n[%s]\n%s = %s\n",
                      cases[i].section, cases[i].key, cases[i].value);
-        assert_int_equal(parse(text, &c, &p), ERROR_INVALID);
+        assert_int_equal(testutil_parse_config(text, &c, &p), ERROR_INVALID);
         if (strlen(cases[i].value) > 48)
             snprintf(shown, sizeof(shown), "'%.45s...'", cases[i].value);
         else
@@ -346,7 +333,7 @@ static void test_config_missing_required(void **state)
     (void)state;
     expect_one("[node]\nid = primary\n", "t.ini: missing required key 'data_dir' in [node]");
     expect_one("[node]\ndata_dir = /d\n", "t.ini: missing required key 'id' in [node]");
-    assert_int_equal(parse("", &c, &p), ERROR_INVALID);
+    assert_int_equal(testutil_parse_config("", &c, &p), ERROR_INVALID);
     assert_int_equal(p.count, 2);
     assert_string_equal(p.lines[0], "t.ini: missing required key 'id' in [node]");
     assert_string_equal(p.lines[1], "t.ini: missing required key 'data_dir' in [node]");
@@ -382,7 +369,7 @@ static void test_config_collects_every_problem(void **state)
     struct config c;
 
     (void)state;
-    assert_int_equal(parse(text, &c, &p), ERROR_INVALID);
+    assert_int_equal(testutil_parse_config(text, &c, &p), ERROR_INVALID);
     if (p.count != sizeof(expect) / sizeof(expect[0]))
         dump(&p);
     assert_int_equal(p.count, sizeof(expect) / sizeof(expect[0]));
@@ -572,7 +559,7 @@ static void test_config_problems_capped(void **state)
     len += (size_t)snprintf(text, cap, "%s", MIN_NODE);
     for (int i = 0; i < CONFIG_PROBLEMS_MAX + 20; i++)
         len += (size_t)snprintf(text + len, cap - len, "bogus%d = 1\n", i);
-    assert_int_equal(parse(text, &c, &p), ERROR_INVALID);
+    assert_int_equal(testutil_parse_config(text, &c, &p), ERROR_INVALID);
     assert_int_equal(p.count, CONFIG_PROBLEMS_MAX);
     assert_int_equal(p.dropped, 20);
     config_problems_free(&p);
@@ -706,8 +693,9 @@ static void test_config_replica_sections(void **state)
     expect_ok(MIN_NODE, &c);
     config_clear(&c);
     struct config_problems p;
-    assert_int_equal(parse(MIN_NODE "[replica \"site-b\"]\naddress = 10.0.0.2:7443\n", &c, &p),
-                     ERROR_INVALID);
+    assert_int_equal(
+        testutil_parse_config(MIN_NODE "[replica \"site-b\"]\naddress = 10.0.0.2:7443\n", &c, &p),
+        ERROR_INVALID);
     assert_int_equal(p.count, 3);
     assert_string_equal(p.lines[0],
                         "t.ini: missing required key 'ca' in [tls] (needed by the [replica] "
@@ -729,7 +717,8 @@ static void test_config_tls_needed_together(void **state)
                "t.ini: missing required key 'key' in [tls] (needed by [node] listen)");
     expect_one(MIN_NODE "[tls]\ncert = /c\nkey = /k\n",
                "t.ini: missing required key 'ca' in [tls] (needed by the other [tls] keys)");
-    assert_int_equal(parse(MIN_NODE "listen = 127.0.0.1:7443\n", &c, &p), ERROR_INVALID);
+    assert_int_equal(testutil_parse_config(MIN_NODE "listen = 127.0.0.1:7443\n", &c, &p),
+                     ERROR_INVALID);
     assert_int_equal(p.count, 3);
     config_problems_free(&p);
     config_clear(&c);

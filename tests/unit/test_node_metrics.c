@@ -30,18 +30,6 @@
 
 /* ---- [node] metrics_listen ---- */
 
-static int parse(const char *text, struct config *c, struct config_problems *p)
-{
-    FILE *f = fmemopen((void *)(uintptr_t)text, strlen(text), "r");
-    int rc;
-
-    assert_non_null(f);
-    config_problems_init(p);
-    rc = config_load_file(f, "t.ini", c, p);
-    fclose(f);
-    return rc;
-}
-
 /* metrics_listen = value parses; host and port as expected. */
 static void expect_listen(const char *value, const char *host, int port)
 {
@@ -50,7 +38,7 @@ static void expect_listen(const char *value, const char *host, int port)
     struct config c;
 
     snprintf(text, sizeof(text), NODE_HEAD "metrics_listen = %s\n", value);
-    if (parse(text, &c, &p) != 0) {
+    if (testutil_parse_config(text, &c, &p) != 0) {
         for (size_t i = 0; i < p.count; i++)
             print_message("  problem: %s\n", p.lines[i]);
         fail_msg("metrics_listen = %s refused", value);
@@ -70,7 +58,7 @@ static void expect_refused(const char *value, const char *why)
     struct config c;
 
     snprintf(text, sizeof(text), NODE_HEAD "metrics_listen = %s\n", value);
-    assert_int_equal(parse(text, &c, &p), ERROR_INVALID);
+    assert_int_equal(testutil_parse_config(text, &c, &p), ERROR_INVALID);
     snprintf(prefix, sizeof(prefix),
              "t.ini:4: invalid value '%s' for 'metrics_listen' in [node]: ", value);
     if (p.count != 1 || strncmp(p.lines[0], prefix, strlen(prefix)) != 0 ||
@@ -105,19 +93,19 @@ static void test_metrics_listen_off(void **state)
 
     (void)state;
     /* Absent: off. */
-    assert_int_equal(parse(NODE_HEAD, &c, &p), 0);
+    assert_int_equal(testutil_parse_config(NODE_HEAD, &c, &p), 0);
     assert_string_equal(c.node.metrics_listen.text, "");
     config_problems_free(&p);
     config_clear(&c);
     /* Empty: off as well, not an "empty value" problem. */
-    assert_int_equal(parse(NODE_HEAD "metrics_listen =\n", &c, &p), 0);
+    assert_int_equal(testutil_parse_config(NODE_HEAD "metrics_listen =\n", &c, &p), 0);
     assert_int_equal(p.count, 0);
     assert_string_equal(c.node.metrics_listen.text, "");
     assert_int_equal(c.node.metrics_listen.port, 0);
     config_problems_free(&p);
     config_clear(&c);
     /* Other keys keep refusing an empty value. */
-    assert_int_equal(parse(NODE_HEAD "listen =\n", &c, &p), ERROR_INVALID);
+    assert_int_equal(testutil_parse_config(NODE_HEAD "listen =\n", &c, &p), ERROR_INVALID);
     assert_int_equal(p.count, 1);
     assert_string_equal(p.lines[0], "t.ini:4: empty value for 'listen' in [node]");
     config_problems_free(&p);
@@ -151,7 +139,8 @@ static void test_metrics_listen_not_loopback_refused(void **state)
         struct config_problems p;
         struct config c;
 
-        assert_int_equal(parse(NODE_HEAD "listen = 127.0.0.1:0\n", &c, &p), ERROR_INVALID);
+        assert_int_equal(testutil_parse_config(NODE_HEAD "listen = 127.0.0.1:0\n", &c, &p),
+                         ERROR_INVALID);
         assert_int_equal(p.count, 1);
         assert_non_null(strstr(p.lines[0], "port must be 1-65535"));
         config_problems_free(&p);
@@ -187,9 +176,10 @@ static void test_metrics_listen_change_needs_restart(void **state)
     struct change ch = {0};
 
     (void)state;
-    assert_int_equal(parse(NODE_HEAD, &a, &p), 0);
+    assert_int_equal(testutil_parse_config(NODE_HEAD, &a, &p), 0);
     config_problems_free(&p);
-    assert_int_equal(parse(NODE_HEAD "metrics_listen = 127.0.0.1:9465\n", &b, &p), 0);
+    assert_int_equal(testutil_parse_config(NODE_HEAD "metrics_listen = 127.0.0.1:9465\n", &b, &p),
+                     0);
     config_problems_free(&p);
     config_diff(&a, &b, on_change, &ch);
     assert_int_equal(ch.n, 1);

@@ -13,6 +13,7 @@
 
 #include "testutil.h"
 
+#include "config.h"
 #include "mtls.h"
 
 char *testutil_tmpdir(void)
@@ -121,4 +122,16 @@ struct mtls_ctx *testutil_mtls_ctx(const char *pki, const char *name)
     if (mtls_ctx_load(ca, cert, key, &ctx, why, sizeof(why)) != 0)
         fail_msg("mtls_ctx_load %s: %s", name, why);
     return ctx;
+}
+
+int testutil_parse_config(const char *text, struct config *c, struct config_problems *p)
+{
+    FILE *f = fmemopen((void *)(uintptr_t)text, strlen(text), "r");
+    int rc;
+
+    assert_non_null(f);
+    config_problems_init(p);
+    rc = config_load_file(f, "t.ini", c, p);
+    fclose(f);
+    return rc;
 }

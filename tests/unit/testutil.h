@@ -35,6 +35,12 @@ struct mtls_ctx;
  * on error. */
 struct mtls_ctx *testutil_mtls_ctx(const char *pki, const char *name);
 
+struct config;
+struct config_problems;
+/* config_load_file() of `text` as the file "t.ini", with `p` initialized
+ * first; returns its result. */
+int testutil_parse_config(const char *text, struct config *c, struct config_problems *p);
+
 /* True if needle[nlen] occurs in hay[hlen] (binary-safe). */
 int testutil_memmem(const void *hay, size_t hlen, const void *needle, size_t nlen);
 
