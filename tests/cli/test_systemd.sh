@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# The systemd units of deploy/systemd and the installation.
+#
+# - `systemd-analyze verify` accepts both units with no warning at all. The
+#   units name /usr/local/sbin in ExecStart (verify checks that the program
+#   exists), so they are verified as copies made from deploy/systemd/ the
+#   way CMake makes the installed ones, with ExecStart pointing at the built
+#   daemons; Documentation=man: is checked against the built man pages.
+# - Every hardening directive the deployment relies on is there, in both
+#   units, and `systemd-analyze security --offline=true` rates them below
+#   2.0 ("OK"; the score is printed).
+# - smtpsync-replica.service is smtpsync-primary.service with the roles
+#   swapped, and smtpsync.sysusers makes the user smtpsync.
+# - What the daemon does (mutual TLS, the submission socket, the store, a
+#   metrics scrape, a reload and a stop) uses only system calls the unit's
+#   SystemCallFilter= allows (strace, when installed).
+# - `cmake --install` puts the programs, man pages, units, sysusers file
+#   and examples where they belong.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+SRC=${SMTPSYNC_SOURCE:-$(cd "$(dirname "$0")/../.." && pwd)}
+BUILD=$(cd "$(dirname "$SMTPSYNCCTL")/.." && pwd)
+PRIMARY=${SMTPSYNC_PRIMARY:-$BUILD/primary/smtpsync-primary}
+REPLICA=${SMTPSYNC_REPLICA:-$BUILD/replica/smtpsync-replica}
+UNITS=$SRC/deploy/systemd
+
+if ! command -v systemd-analyze >/dev/null; then
+    echo "SKIP: systemd-analyze is not installed" >&2
+    exit 77
+fi
+# verify runs offline (no systemd as PID 1 needed); a unit that it must
+# refuse shows it really checks here.
+mkdir -p "$T/probe"
+printf '[Service]\nExecStart=/bin/true\nNoSuchKey=1\n' >"$T/probe/probe.service"
+if ! SYSTEMD_LOG_COLOR=0 systemd-analyze verify --man=no "$T/probe/probe.service" 2>&1 |
+    grep -q NoSuchKey; then
+    echo "SKIP: systemd-analyze verify does not work here" >&2
+    exit 77
+fi
+
+# ---- verify ----
+# The same rewrite as the root CMakeLists.txt does for the installed
+# copies: only the directory of the program in ExecStart.
+mkdir -p "$T/units"
+sed "s#^ExecStart=/usr/local/sbin/smtpsync-primary #ExecStart=$PRIMARY #" \
+    "$UNITS/smtpsync-primary.service" >"$T/units/smtpsync-primary.service"
+sed "s#^ExecStart=/usr/local/sbin/smtpsync-replica #ExecStart=$REPLICA #" \
+    "$UNITS/smtpsync-replica.service" >"$T/units/smtpsync-replica.service"
+for unit in smtpsync-primary smtpsync-replica; do
+    assert_eq "$unit: only ExecStart rewritten" 1 \
+        "$(diff "$UNITS/$unit.service" "$T/units/$unit.service" | grep -c '^>' || true)"
+done
+# MANPATH: the built pages, for Documentation=man:...; nothing else.
+run env SYSTEMD_LOG_COLOR=0 MANPATH="$BUILD/docs/man" systemd-analyze verify \
+    "$T/units/smtpsync-primary.service" "$T/units/smtpsync-replica.service"
+assert_exit "systemd-analyze verify" 0
+assert_eq "systemd-analyze verify: no warning" "" "$OUT$ERR"
+# The copies CMake made for installing: the same but for the sbin path.
+for unit in smtpsync-primary smtpsync-replica; do
+    built=$BUILD/deploy/systemd/$unit.service
+    assert_true "$unit: made by CMake in the build tree" test -s "$built"
+    sbin=$(sed -n "s#^ExecStart=\(/[^ ]*\)/$unit --config .*#\1#p" "$built")
+    assert_match "$unit: installed ExecStart is an absolute sbin path" "$sbin" '^/.*sbin$'
+    assert_eq "$unit: the installed copy differs only in ExecStart's directory" "" \
+        "$(sed "s#^ExecStart=/usr/local/sbin/#ExecStart=$sbin/#" "$UNITS/$unit.service" |
+            diff - "$built" || true)"
+done
+
+# ---- the directives ----
+required=(
+    "Type=simple"
+    "User=smtpsync"
+    "Group=smtpsync"
+    "ExecReload=/bin/kill -HUP \$MAINPID"
+    "Restart=on-failure"
+    "RestartPreventExitStatus=2"
+    "StateDirectory=smtpsync"
+    "StateDirectoryMode=0700"
+    "RuntimeDirectory=smtpsync"
+    "RuntimeDirectoryMode=0750"
+    "ConfigurationDirectory=smtpsync"
+    "UMask=0077"
+    "LimitCORE=0"
+    "NoNewPrivileges=yes"
+    "ProtectSystem=strict"
+    "ProtectHome=yes"
+    "PrivateTmp=yes"
+    "PrivateDevices=yes"
+    "CapabilityBoundingSet="
+    "AmbientCapabilities="
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"
+    "SystemCallFilter=@system-service"
+    "SystemCallFilter=~@privileged @resources"
+    "SystemCallErrorNumber=EPERM"
+    "SystemCallArchitectures=native"
+    "MemoryDenyWriteExecute=yes"
+    "LockPersonality=yes"
+    "RestrictRealtime=yes"
+    "RestrictSUIDSGID=yes"
+    "RestrictNamespaces=yes"
+    "ProtectKernelTunables=yes"
+    "ProtectKernelModules=yes"
+    "ProtectKernelLogs=yes"
+    "ProtectControlGroups=yes"
+    "ProtectClock=yes"
+    "ProtectHostname=yes"
+    "ProtectProc=invisible"
+    "PrivateIPC=yes"
+    "RemoveIPC=yes"
+    "PrivateMounts=yes"
+    "WantedBy=multi-user.target"
+)
+for unit in smtpsync-primary smtpsync-replica; do
+    role=${unit#smtpsync-}
+    for line in "${required[@]}" \
+        "ExecStart=/usr/local/sbin/$unit --config /etc/smtpsync/$role.conf" \
+        "Documentation=man:$unit(8)"; do
+        assert_true "$unit: $line" grep -qxF -- "$line" "$UNITS/$unit.service"
+    done
+    # Nothing gives a privilege back, and the socket stays the group's.
+    assert_false "$unit: no capability granted" grep -Eq '^(CapabilityBoundingSet|AmbientCapabilities)=.' \
+        "$UNITS/$unit.service"
+    assert_false "$unit: no second ExecStart" \
+        test "$(grep -c '^ExecStart=' "$UNITS/$unit.service")" -ne 1
+done
+# One unit is the other with the roles swapped.
+assert_eq "smtpsync-replica.service is smtpsync-primary.service with the roles swapped" "" \
+    "$(sed 's/\bprimary\b/@X@/g; s/\breplica\b/primary/g; s/@X@/replica/g' \
+        "$UNITS/smtpsync-primary.service" | diff - "$UNITS/smtpsync-replica.service" || true)"
+
+# ---- exposure ----
+for unit in smtpsync-primary smtpsync-replica; do
+    run env SYSTEMD_LOG_COLOR=0 systemd-analyze security --offline=true --no-pager \
+        "$T/units/$unit.service"
+    score=$(sed -n "s/.*Overall exposure level for $unit.service: \([0-9.]*\).*/\1/p" <<<"$OUT")
+    printf '%s: exposure %s\n' "$unit" "${score:-?}"
+    assert_match "$unit: an exposure score" "$score" '^[0-9]+\.[0-9]$'
+    assert_true "$unit: exposure $score below 2.0" \
+        awk -v s="${score:-99}" 'BEGIN { exit !(s < 2.0) }'
+done
+
+# ---- the user ----
+mkdir -p "$T/sysroot/etc"
+run systemd-sysusers --root="$T/sysroot" "$UNITS/smtpsync.sysusers"
+assert_exit "systemd-sysusers takes smtpsync.sysusers" 0
+assert_match "sysusers: the system user smtpsync, no login" \
+    "$(cat "$T/sysroot/etc/passwd" 2>/dev/null)" '^smtpsync:x:[0-9]+:[0-9]+:[^:]*:/var/lib/smtpsync:/usr/sbin/nologin$'
+assert_match "sysusers: its group" "$(cat "$T/sysroot/etc/group" 2>/dev/null)" '^smtpsync:x:[0-9]+:'
+
+# ---- system calls ----
+# The daemon under strace: every system call it makes must be in
+# @system-service and in neither @privileged nor @resources, as in the
+# units. (LeakSanitizer cannot run under ptrace: leaks are other tests'.)
+DAEMON_PID=
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+    [ -n "$DAEMON_PID" ] && kill -KILL "$DAEMON_PID" 2>/dev/null
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+syscall_check() {
+    local pki=$T/pki port mport trace_pid i names
+    "$SRC/tests/tools/make-pki.sh" -a alice "$pki" primary >/dev/null
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    cat >"$T/st.conf" <<EOF
+[node]
+id = primary
+data_dir = $T/st.data
+submit_socket = $T/st.sock
+listen = 127.0.0.1:$port
+metrics_listen = 127.0.0.1:$mport
+[tls]
+ca = $pki/ca.pem
+cert = $pki/primary.pem
+key = $pki/primary.key
+[admin]
+super_admins = alice
+EOF
+    ASAN_OPTIONS=detect_leaks=0 strace -f -qq -o "$T/trace" "$PRIMARY" --config "$T/st.conf" \
+        2>"$T/st.log" &
+    trace_pid=$!
+    for ((i = 0; i < 200; i++)); do
+        grep -qs 'started role=' "$T/st.log" && break
+        sleep 0.1
+    done
+    DAEMON_PID=$(pgrep -P "$trace_pid" || true)
+    assert_true "under strace: the daemon started" grep -qs 'started role=' "$T/st.log"
+    run "$SMTPSYNCCTL" --server "127.0.0.1:$port" --server-id primary --ca "$pki/ca.pem" \
+        --cert "$pki/alice.pem" --key "$pki/alice.key" status
+    assert_exit "under strace: status over mutual TLS" 0
+    run_in "body" "$SMTPSYNCCTL" --socket "$T/st.sock" send --to a@example.com --subject s
+    assert_exit "under strace: send on the socket" 0
+    run python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=10).read().decode())' "$mport"
+    assert_exit "under strace: a metrics scrape" 0
+    if [ -n "$DAEMON_PID" ]; then
+        kill -HUP "$DAEMON_PID"
+        wait_until 10 grep -q 'reload: ' "$T/st.log" || true
+        kill -TERM "$DAEMON_PID"
+    fi
+    wait "$trace_pid" || true
+    DAEMON_PID=
+    assert_true "under strace: the daemon stopped" grep -q 'info stopped' "$T/st.log"
+    systemd-analyze syscall-filter >"$T/groups"
+    names=$(python3 - "$T/groups" "$T/trace" <<'PY'
+import re, sys
+groups, cur = {}, None
+for line in open(sys.argv[1]):
+    if line.startswith("@"):
+        cur = line.split()[0]
+        groups[cur] = set()
+    elif cur and line.strip() and not line.strip().startswith("#"):
+        groups[cur].add(line.strip())
+def expand(g):
+    out = set()
+    for m in groups.get(g, ()):
+        out |= expand(m) if m.startswith("@") else {m}
+    return out
+allowed = expand("@system-service") - expand("@privileged") - expand("@resources")
+used = set()
+for line in open(sys.argv[2]):
+    m = re.match(r"\d+\s+([a-z_0-9]+)\(", line)
+    if m:
+        used.add(m.group(1))
+print(len(used), " ".join(sorted(used - allowed)))
+PY
+)
+    printf 'system calls seen: %s\n' "${names%% *}"
+    assert_true "under strace: system calls seen" test "${names%% *}" -gt 30
+    assert_eq "system calls outside SystemCallFilter=" "" "${names#* }"
+}
+if command -v strace >/dev/null && strace -qq -o /dev/null true 2>/dev/null; then
+    syscall_check
+else
+    echo "strace is missing or cannot trace here: system calls not checked" >&2
+fi
+
+# ---- cmake --install ----
+CMAKE=$(sed -n 's/^CMAKE_COMMAND:INTERNAL=//p' "$BUILD/CMakeCache.txt")
+run "${CMAKE:-cmake}" --install "$BUILD" --prefix "$T/root"
+assert_exit "cmake --install" 0
+for f in bin/smtpsyncctl sbin/smtpsync-primary sbin/smtpsync-replica; do
+    assert_true "installed $f (executable)" test -x "$T/root/$f"
+done
+for f in share/man/man1/smtpsyncctl.1 share/man/man8/smtpsync-primary.8 \
+    share/man/man8/smtpsync-replica.8 lib/systemd/system/smtpsync-primary.service \
+    lib/systemd/system/smtpsync-replica.service lib/sysusers.d/smtpsync.conf \
+    share/doc/smtpsync/examples/primary.conf share/doc/smtpsync/examples/replica.conf \
+    share/doc/smtpsync/examples/ctl.conf; do
+    assert_true "installed $f" test -s "$T/root/$f"
+done
+assert_true "installed units are the built ones" \
+    cmp -s "$T/root/lib/systemd/system/smtpsync-primary.service" \
+    "$BUILD/deploy/systemd/smtpsync-primary.service"
+finish
