@@ -278,14 +278,40 @@ static int repl_config(const struct config *c, struct repl_node_config *rc,
     return 0;
 }
 
-static int load_tls(const struct config *c, struct mtls_ctx **out)
+int node_check_start(const struct config *c, struct mtls_ctx **ctx, node_check_report report,
+                     void *arg)
 {
-    char why[MTLS_WHY_MAX];
+    char why[MTLS_WHY_MAX], msg[MTLS_WHY_MAX + 2 * MTLS_ID_MAX + 128];
     int err;
 
-    if ((err = mtls_ctx_load(c->tls.ca, c->tls.cert, c->tls.key, out, why, sizeof(why))) != 0)
-        log_error("cannot load the [tls] files: %s", why);
-    return err;
+    *ctx = NULL;
+    if (c->tls.ca[0] == '\0')
+        return 0;
+    if ((err = mtls_ctx_load(c->tls.ca, c->tls.cert, c->tls.key, ctx, why, sizeof(why))) != 0) {
+        *ctx = NULL;
+        snprintf(msg, sizeof(msg), "cannot load the [tls] files: %s",
+                 err == -ENOMEM ? error_str(err) : why);
+        report(true, msg, arg);
+        return err;
+    }
+    if (strcmp(mtls_ctx_id(*ctx), c->node.id) != 0) {
+        snprintf(msg, sizeof(msg),
+                 "the certificate's id is '%s', not this node's id '%s': other nodes will not "
+                 "know it by its id",
+                 mtls_ctx_id(*ctx), c->node.id);
+        report(false, msg, arg);
+    }
+    return 0;
+}
+
+/* The daemon's problems go to its log. */
+static void log_problem(bool error, const char *message, void *arg)
+{
+    (void)arg;
+    if (error)
+        log_error("%s", message);
+    else
+        log_warnx("%s", message);
 }
 
 static int repl_begin(struct node *n)
@@ -298,12 +324,8 @@ static int repl_begin(struct node *n)
         log_info("no [tls]: replication and the admin API are off");
         return 0;
     }
-    if ((err = load_tls(&n->cfg, &n->ctx)) != 0)
+    if ((err = node_check_start(&n->cfg, &n->ctx, log_problem, NULL)) != 0)
         return err;
-    if (strcmp(mtls_ctx_id(n->ctx), n->cfg.node.id) != 0)
-        log_warnx("the certificate's id is '%s', not this node's id '%s': other nodes will not "
-                  "know it by its id",
-                  mtls_ctx_id(n->ctx), n->cfg.node.id);
     memset(&rp, 0, sizeof(rp));
     if ((err = repl_config(&n->cfg, &rp.config, &members)) != 0)
         return err;
@@ -339,7 +361,7 @@ static void repl_reload(struct node *n, bool tls_changed)
     if (n->repl == NULL)
         return;
     if (tls_changed) {
-        if (load_tls(&n->cfg, &ctx) != 0) {
+        if (node_check_start(&n->cfg, &ctx, log_problem, NULL) != 0 || ctx == NULL) {
             log_error("reload: keeping the TLS files loaded before");
             ctx = NULL;
         } else {

@@ -31,7 +31,11 @@
 #ifndef SMTPSYNC_NODE_H
 #define SMTPSYNC_NODE_H
 
+#include <stdbool.h>
+
 #include "config.h"
+
+struct mtls_ctx;
 
 enum node_role {
     NODE_ROLE_PRIMARY = 1,
@@ -54,14 +58,37 @@ struct node_params {
     int log_format;
 };
 
+/* One problem a check found: an error (the node does not start) or a
+ * warning (it starts, logging it); `message` has no file name. */
+typedef void (*node_check_report)(bool error, const char *message, void *arg);
+
+/*
+ * The checks of a loaded configuration that node_run() makes at start
+ * beyond config_load(), touching neither [node] data_dir nor a socket, so
+ * that --check-config runs them safely beside a running daemon; SIGHUP
+ * runs them on the new file too:
+ *   - with [tls], its files load (mtls_ctx_load: readable, the key is the
+ *     certificate's, the certificate valid now and issued by the CA): an
+ *     error otherwise;
+ *   - the certificate's id is [node] id: a warning otherwise (other nodes
+ *     do not know this node by its id, yet it runs).
+ * Each problem goes to `report`. Returns 0 with *ctx holding one reference
+ * (NULL without [tls]), or ERROR_TLS / -ENOMEM (*ctx NULL).
+ */
+int node_check_start(const struct config *c, struct mtls_ctx **ctx, node_check_report report,
+                     void *arg);
+
 /* Runs the node until it is stopped; returns NODE_EXIT_OK or
  * NODE_EXIT_FAIL. Every failure is logged. */
 int node_run(const struct node_params *params);
 
 /*
  * The whole daemon: `PROG --config FILE [--log-level L] [--log-format
- * text|json] [--version] [--help]`, config problems printed one per line
- * ("PROG: FILE:LINE: message"), then node_run(). Returns the exit status.
+ * text|json] [--check-config] [--version] [--help]`, config problems
+ * printed one per line ("PROG: FILE:LINE: message"), then node_run().
+ * --check-config stops before node_run(): node_check_start() only, its
+ * problems printed as "PROG: FILE: message", exit 0 or 2. Returns the
+ * exit status.
  * primary/main.c and replica/main.c are this call with their role.
  */
 int node_main(enum node_role role, int argc, char **argv);

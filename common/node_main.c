@@ -4,15 +4,23 @@
  * Exit status: 0 after a clean stop, 1 when the node could not start or
  * failed while running, 2 for a bad command line or configuration (every
  * problem of the file printed, one per line, "PROG: FILE:LINE: message").
+ *
+ * --check-config (like `nginx -t`) reads the file as a start would and
+ * makes the checks of node_check_start(), then exits: 0 with one line on
+ * stdout, 2 with every problem on stderr. It opens no store, binds no
+ * socket and takes no lock, so it is safe beside the running daemon; the
+ * systemd units run it before each reload.
  */
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "log.h"
+#include "mtls.h"
 #include "node.h"
 
 #ifndef SMTPSYNC_VERSION
@@ -21,6 +29,7 @@
 
 #define USAGE_TEXT                                                                                 \
     "usage: %s --config FILE [--log-level LEVEL] [--log-format text|json]\n"                       \
+    "       [--check-config]\n"                                                                    \
     "\n"                                                                                           \
     "The smtpsync %s daemon: delivers this node's mail with its own settings,\n"                   \
     "serves the local submission socket and, with [tls], replication and the\n"                    \
@@ -29,6 +38,9 @@
     "  --config FILE        the INI configuration file (required)\n"                               \
     "  --log-level LEVEL    debug, info, warn or error (overrides [log] level)\n"                  \
     "  --log-format FORMAT  text or json (overrides [log] format)\n"                               \
+    "  --check-config       check the configuration and the [tls] files as a start\n"              \
+    "                       would, then exit: 0 if it is fine, 2 with every problem;\n"            \
+    "                       safe beside the running daemon (no store, socket or lock)\n"           \
     "  --version            print the version\n"                                                   \
     "  --help               print this help\n"                                                     \
     "\n"                                                                                           \
@@ -48,6 +60,7 @@ static int usage_error(const char *prog, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr,
             "\nusage: %s --config FILE [--log-level LEVEL] [--log-format text|json]\n"
+            "       [--check-config]\n"
             "(--help prints every option)\n",
             prog);
     return NODE_EXIT_USAGE;
@@ -57,6 +70,7 @@ enum {
     OPT_CONFIG = 256,
     OPT_LOG_LEVEL,
     OPT_LOG_FORMAT,
+    OPT_CHECK_CONFIG,
     OPT_VERSION,
     OPT_HELP,
 };
@@ -65,6 +79,7 @@ static const struct option opts[] = {
     {"config", required_argument, NULL, OPT_CONFIG},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
     {"version", no_argument, NULL, OPT_VERSION},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
@@ -93,11 +108,57 @@ static const char *abbreviated(int argc, char **argv)
     return NULL;
 }
 
+struct check_out {
+    const char *prog;
+    const char *path;
+    unsigned warnings;
+};
+
+/* --check-config prints a problem as a config problem, with the file. */
+static void print_problem(bool error, const char *message, void *arg)
+{
+    struct check_out *o = arg;
+
+    if (!error)
+        o->warnings++;
+    fprintf(stderr, "%s: %s: %s%s\n", o->prog, o->path, error ? "" : "warning: ", message);
+}
+
+/* What a start would check beyond config_load(); the store, the sockets
+ * and the lock are left alone. */
+static int check_config(const char *prog, const char *path, const struct config *cfg)
+{
+    struct check_out out = {.prog = prog, .path = path};
+    struct mtls_ctx *ctx;
+    char expiry[32] = "an unknown date", warned[64] = "";
+    struct tm tm;
+    time_t t;
+
+    if (node_check_start(cfg, &ctx, print_problem, &out) != 0)
+        return NODE_EXIT_USAGE;
+    if (out.warnings > 0)
+        snprintf(warned, sizeof(warned), "; %u warning%s above", out.warnings,
+                 out.warnings == 1 ? "" : "s");
+    if (ctx == NULL) {
+        printf("%s: configuration ok (node '%s'; no [tls]: replication and the admin API off%s)\n",
+               path, cfg->node.id, warned);
+        return NODE_EXIT_OK;
+    }
+    t = mtls_ctx_expiry(ctx);
+    if (t >= 0 && gmtime_r(&t, &tm) != NULL)
+        strftime(expiry, sizeof(expiry), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    printf("%s: configuration ok (node '%s'; tls certificate '%s' expires %s%s)\n", path,
+           cfg->node.id, mtls_ctx_id(ctx), expiry, warned);
+    mtls_ctx_unref(ctx);
+    return NODE_EXIT_OK;
+}
+
 int node_main(enum node_role role, int argc, char **argv)
 {
     const char *prog = role == NODE_ROLE_PRIMARY ? "smtpsync-primary" : "smtpsync-replica";
     const char *config_path = NULL, *bad;
     int log_level = -1, log_format = -1, c, rc;
+    bool check_only = false;
     struct config_problems problems;
     struct config cfg;
 
@@ -123,6 +184,9 @@ int node_main(enum node_role role, int argc, char **argv)
                 log_format = LOG_FORMAT_JSON;
             else
                 return usage_error(prog, "--log-format: '%s' is not text or json", optarg);
+            break;
+        case OPT_CHECK_CONFIG:
+            check_only = true;
             break;
         case OPT_VERSION:
             printf("%s %s\n", prog, SMTPSYNC_VERSION);
@@ -153,6 +217,11 @@ int node_main(enum node_role role, int argc, char **argv)
         return NODE_EXIT_USAGE;
     }
     config_problems_free(&problems);
+    if (check_only) {
+        rc = check_config(prog, config_path, &cfg);
+        config_clear(&cfg);
+        return rc;
+    }
 
     struct node_params params = {
         .role = role,

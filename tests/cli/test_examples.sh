@@ -3,9 +3,10 @@
 # accept: primary.conf and replica.conf start the real daemons (with only
 # their paths, ports and peer addresses moved into a temporary directory)
 # that log their start, answer on their socket and stop cleanly on SIGTERM;
-# ctl.conf, pointed at the primary from primary.conf, gets its status over
-# mutual TLS, and an unreachable server is a connection error, not a parse
-# error. Every key of common/config.c's tables is explained in both daemon
+# --check-config accepts both, and replica.conf with every commented-out
+# key set; ctl.conf, pointed at the primary from primary.conf, gets its
+# status over mutual TLS, and an unreachable server is a connection error,
+# not a parse error. Every key of common/config.c's tables is explained in both daemon
 # examples, with its default and whether SIGHUP applies.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -173,6 +174,17 @@ stop() {
 
 localize "$EX/primary.conf" primary primary "$P_PORT" "$P_METRICS" 10
 localize "$EX/replica.conf" replica site-b "$R_PORT" "$R_METRICS" 8
+# --check-config, what `systemctl reload` runs first, accepts them and
+# makes nothing.
+for name in primary replica; do
+    bin=$PRIMARY
+    [ "$name" = replica ] && bin=$REPLICA
+    run "$bin" --config "$T/$name.conf" --check-config
+    assert_exit "$name: --check-config" 0
+    assert_match "$name: --check-config says ok" "$OUT" "^$T/$name.conf: configuration ok "
+    assert_eq "$name: --check-config, nothing on stderr" "" "$ERR"
+    assert_false "$name: --check-config made no data_dir" test -e "$T/$name.data"
+done
 start "$PRIMARY" primary || true
 assert_contains "primary: logs its role" "$(cat "$T/primary.log")" "started role=primary node=primary"
 start "$REPLICA" replica || true
@@ -226,6 +238,9 @@ sed -E 's/^;([a-z_]+ = )/\1/' "$EX/replica.conf" >"$T/replica-all.src"
 assert_true "replica.conf: commented-out keys found" \
     test "$(diff "$EX/replica.conf" "$T/replica-all.src" | grep -c '^>')" -ge 15
 localize "$T/replica-all.src" replica-all site-b "$R_PORT" "$R_METRICS" 8
-start "$REPLICA" replica-all || true
-stop replica-all
+# What a start checks before opening anything is what --check-config runs.
+run "$REPLICA" --config "$T/replica-all.conf" --check-config
+assert_exit "replica.conf with every key set: --check-config" 0
+assert_match "replica-all: ok" "$OUT" "^$T/replica-all.conf: configuration ok \(node 'site-b'; tls certificate 'site-b' "
+assert_eq "replica-all: no warning" "" "$ERR"
 finish

@@ -2,10 +2,16 @@
 # The systemd units of deploy/systemd and the installation.
 #
 # - `systemd-analyze verify` accepts both units with no warning at all. The
-#   units name /usr/local/sbin in ExecStart (verify checks that the program
-#   exists), so they are verified as copies made from deploy/systemd/ the
-#   way CMake makes the installed ones, with ExecStart pointing at the built
-#   daemons; Documentation=man: is checked against the built man pages.
+#   units name /usr/local/sbin in ExecStart and ExecReload (verify checks
+#   that the programs exist), so they are verified as copies made from
+#   deploy/systemd/ the way CMake makes the installed ones, with the daemon
+#   pointing at the built ones; Documentation=man: is checked against the
+#   built man pages.
+# - A reload checks the file first: the first ExecReload= runs the daemon
+#   with --check-config on the ExecStart= config (a bad file fails the
+#   reload and no SIGHUP is sent), the second sends SIGHUP; each command
+#   of those lines, run as the unit would, passes on a good file and the
+#   check fails on a bad one.
 # - Every hardening directive the deployment relies on is there, in both
 #   units, and `systemd-analyze security --offline=true` rates them below
 #   2.0 ("OK"; the score is printed).
@@ -41,14 +47,14 @@ fi
 
 # ---- verify ----
 # The same rewrite as the root CMakeLists.txt does for the installed
-# copies: only the directory of the program in ExecStart.
+# copies: only the directory of the daemon in ExecStart and ExecReload.
 mkdir -p "$T/units"
-sed "s#^ExecStart=/usr/local/sbin/smtpsync-primary #ExecStart=$PRIMARY #" \
+sed -E "s#^(ExecStart|ExecReload)=/usr/local/sbin/smtpsync-primary #\1=$PRIMARY #" \
     "$UNITS/smtpsync-primary.service" >"$T/units/smtpsync-primary.service"
-sed "s#^ExecStart=/usr/local/sbin/smtpsync-replica #ExecStart=$REPLICA #" \
+sed -E "s#^(ExecStart|ExecReload)=/usr/local/sbin/smtpsync-replica #\1=$REPLICA #" \
     "$UNITS/smtpsync-replica.service" >"$T/units/smtpsync-replica.service"
 for unit in smtpsync-primary smtpsync-replica; do
-    assert_eq "$unit: only ExecStart rewritten" 1 \
+    assert_eq "$unit: only ExecStart and the checking ExecReload rewritten" 2 \
         "$(diff "$UNITS/$unit.service" "$T/units/$unit.service" | grep -c '^>' || true)"
 done
 # MANPATH: the built pages, for Documentation=man:...; nothing else.
@@ -62,8 +68,8 @@ for unit in smtpsync-primary smtpsync-replica; do
     assert_true "$unit: made by CMake in the build tree" test -s "$built"
     sbin=$(sed -n "s#^ExecStart=\(/[^ ]*\)/$unit --config .*#\1#p" "$built")
     assert_match "$unit: installed ExecStart is an absolute sbin path" "$sbin" '^/.*sbin$'
-    assert_eq "$unit: the installed copy differs only in ExecStart's directory" "" \
-        "$(sed "s#^ExecStart=/usr/local/sbin/#ExecStart=$sbin/#" "$UNITS/$unit.service" |
+    assert_eq "$unit: the installed copy differs only in the daemon's directory" "" \
+        "$(sed -E "s#^(ExecStart|ExecReload)=/usr/local/sbin/#\1=$sbin/#" "$UNITS/$unit.service" |
             diff - "$built" || true)"
 done
 
@@ -72,7 +78,6 @@ required=(
     "Type=simple"
     "User=smtpsync"
     "Group=smtpsync"
-    "ExecReload=/bin/kill -HUP \$MAINPID"
     "Restart=on-failure"
     "RestartPreventExitStatus=2"
     "StateDirectory=smtpsync"
@@ -118,6 +123,11 @@ for unit in smtpsync-primary smtpsync-replica; do
         "Documentation=man:$unit(8)"; do
         assert_true "$unit: $line" grep -qxF -- "$line" "$UNITS/$unit.service"
     done
+    # A reload: the check of the file ExecStart names, then SIGHUP, in
+    # this order and nothing else (systemd stops at the first that fails).
+    assert_eq "$unit: ExecReload= checks, then sends SIGHUP" \
+        "ExecReload=/usr/local/sbin/$unit --config /etc/smtpsync/$role.conf --check-config
+ExecReload=/bin/kill -HUP \$MAINPID" "$(grep '^ExecReload=' "$UNITS/$unit.service")"
     # Nothing gives a privilege back, and the socket stays the group's.
     assert_false "$unit: no capability granted" grep -Eq '^(CapabilityBoundingSet|AmbientCapabilities)=.' \
         "$UNITS/$unit.service"
@@ -128,6 +138,31 @@ done
 assert_eq "smtpsync-replica.service is smtpsync-primary.service with the roles swapped" "" \
     "$(sed 's/\bprimary\b/@X@/g; s/\breplica\b/primary/g; s/@X@/replica/g' \
         "$UNITS/smtpsync-primary.service" | diff - "$UNITS/smtpsync-replica.service" || true)"
+
+# ---- the reload check ----
+# The first ExecReload= of each (built-daemon) copy, run as systemd would
+# run it but on a config in $T: a good file passes, a bad one fails (exit
+# 2, the problem said), so systemd would not go on to send SIGHUP.
+printf '[node]\nid = site-a\ndata_dir = %s\nsubmit_socket = %s\n' "$T/reload.nodata" \
+    "$T/reload.sock" >"$T/good.conf"
+cp "$T/good.conf" "$T/bad.conf"
+printf '[sender]\nmax_sessions = lots\n' >>"$T/bad.conf"
+for unit in smtpsync-primary smtpsync-replica; do
+    role=${unit#smtpsync-}
+    cmd=$(sed -n '0,/^ExecReload=/s/^ExecReload=//p' "$T/units/$unit.service")
+    for conf in good bad; do
+        read -ra argv <<<"${cmd/\/etc\/smtpsync\/$role.conf/$T/$conf.conf}"
+        run "${argv[@]}"
+        if [ "$conf" = good ]; then
+            assert_exit "$unit: the reload check passes on a good file" 0
+            assert_contains "$unit: the reload check says so" "$OUT" "configuration ok"
+        else
+            assert_exit "$unit: the reload check fails on a bad file" 2
+            assert_contains "$unit: the reload check says why" "$ERR" "$T/bad.conf:6:"
+        fi
+    done
+done
+assert_false "the reload check made no data_dir" test -e "$T/reload.nodata"
 
 # ---- exposure ----
 for unit in smtpsync-primary smtpsync-replica; do
