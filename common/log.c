@@ -14,7 +14,9 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,9 +33,30 @@ static struct {
     char prog[64];
     enum log_level level;
     enum log_format format;
-} log_state = {"smtpsync", LOG_LEVEL_INFO, LOG_FORMAT_TEXT};
+    bool journal; /* stderr is journald's stream: priority prefix, no time */
+} log_state = {"smtpsync", LOG_LEVEL_INFO, LOG_FORMAT_TEXT, false};
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+/* syslog priorities (sd-daemon(3) "<N>" prefixes) of the levels. */
+static const char *const level_prefixes[] = {"<7>", "<6>", "<4>", "<3>"};
+
+/* systemd sets JOURNAL_STREAM to "DEV:INODE" of the stream it connected to
+ * stderr; a match means lines reach journald, which reads a "<N>" prefix as
+ * the line's priority and stamps the time itself. A mismatch (stderr
+ * redirected by a child's shell) means they don't. */
+static bool stderr_is_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    int used = 0;
+
+    if (js == NULL || sscanf(js, "%llu:%llu%n", &dev, &ino, &used) != 2 || js[used] != '\0')
+        return false;
+    if (fstat(STDERR_FILENO, &st) != 0)
+        return false;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
 
 void log_init(const char *progname, enum log_level level, enum log_format format)
 {
@@ -42,6 +65,7 @@ void log_init(const char *progname, enum log_level level, enum log_format format
     if (level >= LOG_LEVEL_DEBUG && level <= LOG_LEVEL_ERROR)
         log_state.level = level;
     log_state.format = format == LOG_FORMAT_JSON ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT;
+    log_state.journal = stderr_is_journal();
 }
 
 int log_level_parse(const char *name)
@@ -189,6 +213,8 @@ static void vlog(enum log_level level, int errnum, const char *fmt, va_list ap)
 
     l.len = 0;
     l.cut = false;
+    if (log_state.journal)
+        puts_(&l, level_prefixes[level]);
     if (log_state.format == LOG_FORMAT_JSON) {
         puts_(&l, "{\"time\":\"");
         puts_(&l, when);
@@ -201,8 +227,10 @@ static void vlog(enum log_level level, int errnum, const char *fmt, va_list ap)
         memcpy(l.buf + l.len, "\"}", 2);
         l.len += 2;
     } else {
-        puts_(&l, when);
-        puts_(&l, " ");
+        if (!log_state.journal) {
+            puts_(&l, when);
+            puts_(&l, " ");
+        }
         puts_(&l, level_names[level]);
         puts_(&l, " ");
         put_text(&l, msg);

@@ -4,6 +4,10 @@
  *
  *   2026-12-04T16:21:26.123Z info delivered id=42 relay=mx.example.com:465 ms=18
  *
+ * Under systemd (JOURNAL_STREAM names stderr) a line starts with its
+ * syslog priority instead of the time, "<4>warn reload: ...", so journald
+ * files it at that priority (`journalctl -p warning`) and stamps it once.
+ *
  * Library code returns errors; daemons and the node runtime log them
  * (STYLE.md, point 15). `log_warn` appends strerror(errno), `log_warnx`
  * does not. No secret is ever passed to a log call.

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -257,6 +258,46 @@ static void test_log_quote_cut(void **state)
     assert_string_equal(log_quote(buf, 0, "abcdef"), "");
 }
 
+/* JOURNAL_STREAM naming stderr: journald's priority prefix, no time. */
+static void test_log_journal_priority_prefix(void **state)
+{
+    struct capture *c = *state;
+    struct stat st;
+    char js[64], *out;
+
+    assert_int_equal(fstat(STDERR_FILENO, &st), 0);
+    snprintf(js, sizeof(js), "%llu:%llu", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino);
+    assert_int_equal(setenv("JOURNAL_STREAM", js, 1), 0);
+    log_init("test-prog", LOG_LEVEL_DEBUG, LOG_FORMAT_TEXT);
+    log_debug("d x=1");
+    log_info("i x=2");
+    log_warnx("w x=3");
+    log_error("e x=4");
+    log_init("test-prog", LOG_LEVEL_INFO, LOG_FORMAT_JSON);
+    log_warnx("j");
+    /* Another stream (the daemon's stderr redirected): plain lines. */
+    snprintf(js, sizeof(js), "%llu:%llu", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino + 1);
+    assert_int_equal(setenv("JOURNAL_STREAM", js, 1), 0);
+    log_init("test-prog", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+    log_info("plain");
+    assert_int_equal(setenv("JOURNAL_STREAM", "junk", 1), 0);
+    log_init("test-prog", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+    log_info("junk");
+    assert_int_equal(unsetenv("JOURNAL_STREAM"), 0);
+
+    out = captured(c);
+    assert_non_null(strstr(out, "<7>debug d x=1\n<6>info i x=2\n<4>warn w x=3\n<3>error e x=4\n"
+                                "<4>{\"time\":\""));
+    assert_non_null(strstr(out, "\"level\":\"warn\",\"prog\":\"test-prog\",\"msg\":\"j\"}\n"));
+    /* The last two lines start with the time again. */
+    assert_non_null(strstr(out, " info plain\n"));
+    assert_null(strstr(out, ">info plain"));
+    assert_non_null(strstr(out, " info junk\n"));
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -267,6 +308,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_log_json_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_long_message_is_cut, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_concurrent_writers_whole_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_journal_priority_prefix, setup, teardown),
         cmocka_unit_test(test_log_quote_plain_and_escapes),
         cmocka_unit_test(test_log_quote_cut),
     };
