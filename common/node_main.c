@@ -44,8 +44,9 @@
     "  --version            print the version\n"                                                   \
     "  --help               print this help\n"                                                     \
     "\n"                                                                                           \
-    "Signals: SIGTERM or SIGINT stop it (mail being sent is finished first);\n"                    \
-    "SIGHUP re-reads the configuration and the TLS files.\n"
+    "Signals: SIGTERM or SIGINT stop it: the SMTP sessions under way get 10 s to\n"                \
+    "finish, then are cancelled, and unsent mail stays in the outbox for the\n"                    \
+    "next start. SIGHUP re-reads the configuration and the TLS files.\n"
 
 static int usage_error(const char *prog, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

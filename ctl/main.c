@@ -54,15 +54,16 @@ static const char usage[] =
     "  diff R1 R2            fields that differ between two revisions\n"
     "  rollback R            make revision R current again, as a new revision\n"
     "  status                where this node and every replica stand\n"
-    "  sync [--replica ID]   push to the replicas now (remote mode)\n"
-    "  promote [--force]     make the node asked the primary (remote mode)\n"
+    "  sync [--replica ID]   push to the replicas now (remote mode only)\n"
+    "  promote [--force]     make the node asked the primary (remote mode only)\n"
     "  send                  submit a mail to the local daemon\n"
     "  sendmail -t           submit an RFC 5322 message from standard input\n"
     "  queue                 list, retry or drop the local daemon's mail\n"
     "  help [VERB...]        print this help, or the help of a verb\n"
     "\n"
-    "`smtpsyncctl VERB --help` describes each verb. Every verb but send, sendmail\n"
-    "and queue works in both modes, with the same output.\n";
+    "`smtpsyncctl VERB --help` describes each verb. settings, history, diff,\n"
+    "rollback and status work in both modes, with the same output; sync and\n"
+    "promote need --server; send, sendmail and queue talk to --socket.\n";
 
 static const struct {
     const char *name;

@@ -98,6 +98,17 @@ run python3 "$T/keys.py" "$SRC/common/config.c" "$SRC/common/config.h" "$EX/prim
 assert_exit "key check ran" 0
 assert_eq "examples explain every key of config.c" "" "$OUT"
 assert_match "key check saw the table" "$ERR" "checked (2[5-9]|[3-9][0-9]) keys"
+# [sender] helo: the comment names the EHLO name used when this host's
+# name is not a valid DNS name (pick_helo of common/smtp_client.c).
+helo_fallback=$(sed -n '/^static int pick_helo/,/^}/s/.*snprintf(buf, len, "\([a-z.]*\)");.*/\1/p' \
+    "$SRC/common/smtp_client.c")
+assert_eq "pick_helo's fallback found in smtp_client.c" localhost "$helo_fallback"
+for name in primary replica; do
+    sender=$(awk '/^\[/ { on = ($0 == "[sender]") } on' "$EX/$name.conf" | tr '\n' ' ')
+    assert_contains "$name.conf: [sender] has helo" "$sender" "helo = "
+    assert_contains "$name.conf: helo's fallback" "$sender" "\"$helo_fallback\" in EHLO"
+    assert_contains "$name.conf: when the fallback applies" "$sender" "not a valid DNS"
+done
 
 # ---- the daemons accept primary.conf and replica.conf ----
 PKI=$T/pki

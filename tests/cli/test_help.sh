@@ -69,6 +69,22 @@ for args in --help help; do
     done
 done
 
+# Which verbs work in which mode: sync and promote refuse local mode (a
+# usage error naming --server), and the help says so on their lines and
+# in its last paragraph; no "every verb but" claim.
+run "$SMTPSYNCCTL" --help
+top=$OUT
+for verb in sync promote; do
+    assert_match "--help: $verb is remote mode only" "$top" "^  $verb .*\(remote mode only\)$"
+    run "$SMTPSYNCCTL" --data-dir "$DATA" "$verb"
+    assert_exit "$verb in local mode: a usage error" 2
+    assert_contains "$verb in local mode: needs --server" "$ERR" "$verb needs --server"
+done
+assert_true "no store made by sync or promote" test ! -e "$DATA"
+assert_contains "--help: the modes" "$(tr '\n' ' ' <<<"$top")" \
+    "settings, history, diff, rollback and status work in both modes, with the same output; sync and promote need --server"
+assert_not_contains "--help: no 'every verb but'" "$top" "Every verb but"
+
 run "$SMTPSYNCCTL" --version
 assert_exit "--version" 0
 assert_true "--version format" bash -c '[[ $1 =~ ^smtpsyncctl\ [0-9]+\.[0-9]+\.[0-9]+$ ]]' _ "$OUT"

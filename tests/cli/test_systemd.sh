@@ -15,6 +15,15 @@
 # - Every hardening directive the deployment relies on is there, in both
 #   units, and `systemd-analyze security --offline=true` rates them below
 #   2.0 ("OK"; the score is printed).
+# - A start that keeps failing stops: StartLimitIntervalSec= and
+#   StartLimitBurst= are in [Unit], and StartLimitBurst restarts at
+#   RestartSec= apart fit in the interval (the default limit, 5 in 10 s,
+#   never trips with RestartSec=5s). TimeoutStopSec= is above the sender's
+#   stop drain (SENDER_DRAIN_MS_DEFAULT of common/sender.c), and the comment
+#   on stopping says that drain and what happens after it.
+# - The comments say what is true: no "/usr/local" outside the Exec lines
+#   (the installed copy names another prefix), and the core limit's
+#   setrlimit() is prlimit64, allowed by the filter.
 # - smtpsync-replica.service is smtpsync-primary.service with the roles
 #   swapped, and smtpsync.sysusers makes the user smtpsync.
 # - What the daemon does (mutual TLS, the submission socket, the store, a
@@ -79,6 +88,10 @@ required=(
     "User=smtpsync"
     "Group=smtpsync"
     "Restart=on-failure"
+    "RestartSec=5s"
+    "StartLimitIntervalSec=120s"
+    "StartLimitBurst=5"
+    "TimeoutStopSec=90s"
     "RestartPreventExitStatus=2"
     "StateDirectory=smtpsync"
     "StateDirectoryMode=0700"
@@ -134,6 +147,64 @@ ExecReload=/bin/kill -HUP \$MAINPID" "$(grep '^ExecReload=' "$UNITS/$unit.servic
     assert_false "$unit: no second ExecStart" \
         test "$(grep -c '^ExecStart=' "$UNITS/$unit.service")" -ne 1
 done
+# seconds VALUE: a systemd time span of the units (120s, 2min, 5) in
+# seconds.
+seconds() {
+    local v=$1
+    case $v in
+    *min) echo $((${v%min} * 60)) ;;
+    *s) echo "${v%s}" ;;
+    *) echo "$v" ;;
+    esac
+}
+# The sender's stop drain, as the daemon uses it (node.c leaves the default).
+drain_s=$(sed -nE 's/^#define SENDER_DRAIN_MS_DEFAULT +\(([0-9]+) \* 1000\)$/\1/p' \
+    "$SRC/common/sender.c")
+assert_match "SENDER_DRAIN_MS_DEFAULT found in sender.c" "$drain_s" '^[0-9]+$'
+assert_false "node.c leaves the sender's drain_ms at its default" \
+    grep -q 'drain_ms' "$SRC/common/node.c"
+for unit in smtpsync-primary smtpsync-replica; do
+    file=$UNITS/$unit.service
+    # section KEY: the section the key is set in.
+    section() {
+        awk -v k="$1" '/^\[/ { s = $0 } index($0, k "=") == 1 { print s }' "$file"
+    }
+    for key in StartLimitIntervalSec StartLimitBurst; do
+        assert_eq "$unit: $key is in [Unit] (systemd ignores it elsewhere)" "[Unit]" \
+            "$(section "$key")"
+    done
+    interval=$(seconds "$(sed -n 's/^StartLimitIntervalSec=//p' "$file")")
+    burst=$(sed -n 's/^StartLimitBurst=//p' "$file")
+    restart=$(seconds "$(sed -n 's/^RestartSec=//p' "$file")")
+    stop=$(seconds "$(sed -n 's/^TimeoutStopSec=//p' "$file")")
+    assert_true "$unit: $burst failed starts ${restart}s apart trip the ${interval}s start limit" \
+        test $((burst * restart)) -lt "$interval"
+    assert_true "$unit: the default start limit (5 in 10 s) would never trip" \
+        test "$restart" -ge 2
+    assert_true "$unit: TimeoutStopSec (${stop}s) is above the ${drain_s}s drain" \
+        test "$stop" -gt "$((drain_s + 10))"
+    # The comment on stopping: the drain, then the outbox; no promise that
+    # every mail under way is finished.
+    stopping=$(grep -B4 '^KillSignal=' "$file")
+    assert_not_contains "$unit: no 'finished first' claim" "$stopping" "finished first"
+    assert_contains "$unit: the stop comment gives the drain" "$stopping" "$drain_s s to"
+    assert_contains "$unit: the stop comment: cancelled" "$stopping" "cancelled"
+    assert_contains "$unit: the stop comment: unsent mail stays" "$stopping" "stays in the outbox"
+    # True in the installed copy too: the prefix only in the Exec lines.
+    assert_eq "$unit: /usr/local only in ExecStart and ExecReload" "" \
+        "$(grep -v '^Exec' "$file" | grep '/usr/local' || true)"
+    assert_not_contains "$unit: no claim that setrlimit fails" "$(cat "$file")" "may fail harmlessly"
+    assert_contains "$unit: the core limit's system call" "$(cat "$file")" "prlimit64"
+done
+# What the comment says of prlimit64 and setrlimit: the filter allows the
+# first, refuses the second.
+assert_true "prlimit64 is in @default" \
+    grep -qx ' *prlimit64' < <(systemd-analyze syscall-filter @default)
+assert_false "prlimit64 is in neither @privileged nor @resources" \
+    grep -qx ' *prlimit64' < <(systemd-analyze syscall-filter @privileged @resources)
+assert_true "setrlimit is in @resources" \
+    grep -qx ' *setrlimit' < <(systemd-analyze syscall-filter @resources)
+
 # One unit is the other with the roles swapped.
 assert_eq "smtpsync-replica.service is smtpsync-primary.service with the roles swapped" "" \
     "$(sed 's/\bprimary\b/@X@/g; s/\breplica\b/primary/g; s/@X@/replica/g' \
