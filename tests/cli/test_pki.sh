@@ -193,6 +193,24 @@ for bad in "a b" bad_name "x,IP:1.2.3.4" "-x.example" "a..b" "" "$(printf 'a\nsu
     pki node dnsnode --dns "$bad"
     assert_exit "--dns '$bad'" 2
 done
+for bad in 08.8.8.8 010.0.0.1 127.0.0.01 00.1.2.3; do
+    pki node ipnode --ip "$bad"
+    assert_exit "--ip '$bad' (leading zero)" 2
+    assert_contains "--ip '$bad' (leading zero)" "$ERR" "no leading zeros"
+done
+pki node zero --ip 0.0.0.0 --ip 10.0.100.1
+assert_exit "--ip with zero octets" 0
+rm -f "$D/zero.pem" "$D/zero.key"
+# A wildcard is refused, whatever files the current directory holds (a
+# word split would glob '*' into them).
+mkdir "$T/globdir"
+: >"$T/globdir/mail"
+for bad in "*.example.com" "*" "mail.*"; do
+    (cd "$T/globdir" && "$PKI_TOOL" -d "$D" node wild --dns "$bad" >"$T/wild.out" 2>"$T/wild.err") && rc=0 || rc=$?
+    assert_eq "--dns '$bad' in a directory with files" 2 "$rc"
+done
+assert_contains "--dns wildcard: says why" "$(cat "$T/wild.err")" "wildcards are not allowed"
+assert_false "no cert for a wildcard" test -e "$D/wild.pem"
 pki node ipnode --ip
 assert_exit "--ip without a value" 2
 pki node ipnode --nope
@@ -291,6 +309,36 @@ assert_match "list: a node with its names" "$OUT" \
 assert_match "list: an admin" "$OUT" "^alice +admin +DNS:alice +[0-9]{4}-"
 assert_not_contains "list: no .old files" "$OUT" ".old"
 assert_eq "list: one line per cert" 7 "$(wc -l <<<"$OUT")"
+
+# ---- half a CA, odd DIRs -----------------------------------------------
+
+# What an init killed between its two renames leaves: init and node agree
+# that it is half a CA, and say what to do.
+H=$T/half
+mkdir -m 700 "$H"
+cp "$D/ca.key" "$H/ca.key"
+run "$PKI_TOOL" -d "$H" init
+assert_exit "init over a lone ca.key" 1
+assert_eq "init over a lone ca.key: says so" \
+    "smtpsync-pki: incomplete CA in $H: ca.key without ca.pem. Remove $H and run init again." "$ERR"
+run "$PKI_TOOL" -d "$H" node n1
+assert_exit "node with a lone ca.key" 1
+assert_contains "node with a lone ca.key: the same words" "$ERR" "incomplete CA in $H: ca.key without ca.pem"
+rm "$H/ca.key"
+cp "$D/ca.pem" "$H/ca.pem"
+run "$PKI_TOOL" -d "$H" admin a1
+assert_exit "admin with a lone ca.pem" 1
+assert_contains "admin with a lone ca.pem" "$ERR" "incomplete CA in $H: ca.pem without ca.key"
+assert_false "nothing made with half a CA" test -e "$H/a1.pem"
+
+# A DIR starting with '-' is a directory, not an option of mkdir, mktemp
+# or openssl.
+(cd "$T" && "$PKI_TOOL" -d -dashdir init >/dev/null 2>"$T/dash.err" &&
+    "$PKI_TOOL" -d -dashdir node n1 --ip 127.0.0.1 >/dev/null 2>>"$T/dash.err") && rc=0 || rc=$?
+assert_eq "a DIR starting with '-': init and node" 0 "$rc"
+assert_eq "a DIR starting with '-': no error" "" "$(cat "$T/dash.err")"
+assert_true "a DIR starting with '-': the files are in it" test -f "$T/-dashdir/n1.key"
+assert_eq "a DIR starting with '-': mode 0700" 700 "$(mode_of "$T/-dashdir")"
 
 # ---- a real daemon with the tool's certificates ------------------------
 

@@ -31,11 +31,13 @@ for b in primary/smtpsync-primary replica/smtpsync-replica ctl/smtpsyncctl; do
     [ -x "$BIN/$b" ] || { echo "FAIL: $BIN/$b is missing (derived from SMTPSYNC_PRIMARY)" >&2; exit 1; }
 done
 
-# A base whose nine ports (see deploy/demo) are free now.
+# A base whose nine ports (see deploy/demo) are free now, below the
+# kernel's ephemeral range (deploy/demo warns about ports in it).
 BASE=$(python3 - <<'PY'
 import random, socket
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 for _ in range(200):
-    base = random.randrange(30000, 60000, 100)
+    base = random.randrange(10000, max(10100, lo - 600), 100)
     socks = []
     try:
         for off in (25, 465, 587, 443, 444, 445, 90, 91, 92):
@@ -88,6 +90,8 @@ replica_row() {
 port_is_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
+
+alive() { kill -0 "$1" 2>/dev/null; }
 
 pids_of_run() {
     cat "$DIR"/*/pid 2>/dev/null || true
@@ -203,10 +207,34 @@ assert_true "a port in use: nothing made" test ! -e "$DIR"
 kill "$HOLDER" 2>/dev/null || true
 wait "$HOLDER" 2>/dev/null || true
 
+# The same on [::1] only (where Postfix listens too), when the host has it.
+if grep -q '^0\{31\}1 ' /proc/net/if_inet6 2>/dev/null; then
+    rm -f "$T/holder.ready"
+    python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::1", int(sys.argv[1])))
+s.listen(1)
+open(sys.argv[2], "w").close()
+time.sleep(120)' $((BASE + 465)) "$T/holder.ready" &
+    HOLDER=$!
+    PIDS+=("$HOLDER")
+    wait_until 10 test -e "$T/holder.ready" || true
+    run "${demo_env[@]}" timeout 120 "$DEMO"
+    assert_exit "a port in use on [::1]" 1
+    assert_contains "a port in use on [::1]: named" "$ERR" "port $((BASE + 465)) on [::1] is in use"
+    assert_true "a port in use on [::1]: nothing made" test ! -e "$DIR"
+    kill "$HOLDER" 2>/dev/null || true
+    wait "$HOLDER" 2>/dev/null || true
+fi
+
 # ---- the first run ----------------------------------------------------------
 SECONDS=0
 run "${demo_env[@]}" timeout 300 "$DEMO"
 check_run "first run" || finish
+assert_not_contains "first run: no warning about its ports" "$ERR" "ephemeral range"
 FIRST_OUT=$OUT
 FIRST_PIDS=$(pids_of_run)
 printf 'first run: %ss\n' "$SECONDS"
@@ -220,7 +248,7 @@ for n in primary site-b site-c; do
     assert_contains "second run: $n of the first run stopped" "$OUT" "demo: stopped $n"
 done
 for pid in $FIRST_PIDS; do
-    assert_false "second run: pid $pid of the first run is gone" kill -0 "$pid"
+    assert_false "second run: pid $pid of the first run is gone" alive "$pid"
 done
 printf 'second run: %ss\n' "$SECONDS"
 
@@ -232,14 +260,23 @@ GHOST=$!
 PIDS+=("$GHOST")
 mkdir "$DIR/ghost"
 echo "$GHOST" >"$DIR/ghost/pid"
+# A daemon whose pid file was never written (the demo interrupted right
+# after starting it) is found by its --config under the run's directory.
+ORPHAN=$(cat "$DIR/site-b/pid")
+rm "$DIR/site-b/pid"
 # shellcheck disable=SC1091
 source "$DIR/postfix/instance.env"
 PF_ETC=$POSTFIX_CONFIG
 run "${demo_env[@]}" "$DEMO" stop
 assert_exit "demo stop" 0
+assert_contains "demo stop: the daemon without a pid file is stopped" "$OUT" \
+    "without a pid file (pid $ORPHAN)"
+# Gone, or a zombie its new parent has not reaped yet.
+gone() { [ ! -e "/proc/$1" ] || [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ]; }
+assert_true "demo stop: the daemon without a pid file is gone" wait_until 10 gone "$ORPHAN"
 assert_contains "demo stop: stopped Postfix" "$OUT" "stopped Postfix"
 assert_true "demo stop: the directory is gone" test ! -e "$DIR"
-assert_true "demo stop: a process not the demo's is left alone" kill -0 "$GHOST"
+assert_true "demo stop: a process not the demo's is left alone" alive "$GHOST"
 assert_false "demo stop: no process of the demo is left" pgrep -f "$DIR/"
 assert_false "demo stop: no Postfix of the demo is left" pgrep -f "$PF_ETC"
 assert_true "demo stop: the Postfix instance is gone" test ! -e "$PF_ETC"

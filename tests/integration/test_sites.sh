@@ -261,10 +261,41 @@ else
         "netns-sites: tc netem is not available on this kernel; links run without added latency"
 fi
 
+# An up interrupted halfway removes what it made: an `ip` that is slow
+# (1 s) on replica-2's namespace leaves the time to send SIGTERM.
+iprefix=${SITES_PREFIX}i
+mkdir "$T/slowip"
+cat >"$T/slowip/ip" <<EOF
+#!/usr/bin/env bash
+case " \$* " in
+*" netns add $iprefix-replica-2 "*) : >"$T/slowip/reached"; sleep 1 ;;
+esac
+exec $(command -v ip) "\$@"
+EOF
+chmod +x "$T/slowip/ip"
+PATH=$T/slowip:$PATH "$SITES" -p "$iprefix" up -n 3 >"$T/interrupted.out" 2>"$T/interrupted.err" &
+up_pid=$!
+if wait_until 20 test -e "$T/slowip/reached"; then
+    kill -TERM "$up_pid"
+fi
+rc=0
+wait "$up_pid" || rc=$?
+assert_eq "up interrupted: exit 1" 1 "$rc"
+assert_contains "up interrupted: says so" "$(cat "$T/interrupted.err")" "interrupted"
+assert_false "up interrupted: no namespace of it is left" \
+    bash -c "ip netns list | grep -q '^$iprefix-'"
+"$SITES" -p "$iprefix" down >/dev/null 2>&1 || true
+
 step "everything stops cleanly"
 for n in "${REPLICAS[@]}" primary; do
     node_stop "$n"
 done
+# A bed with an address missing is not "already up".
+ip -n "$SITES_PREFIX-replica-2" addr flush dev mail0
+sites up
+assert_exit "up over an incomplete bed" 1
+assert_contains "up over an incomplete bed: says so" "$ERR" "incomplete test bed"
+assert_contains "up over an incomplete bed: run down first" "$ERR" "down' first"
 sites_down
 assert_false "no namespace of this run is left" bash -c "ip netns list | grep -q '^$SITES_PREFIX-'"
 sites down

@@ -27,8 +27,11 @@
 # or the leaf itself and connecting to 127.0.0.1 verifies it.
 #
 # The instance lives in DIR, unless the users Postfix runs as cannot reach
-# DIR by its path (a checkout under /root): then in /var/tmp, linked as
-# DIR/instance. Paths below say DIR for either.
+# DIR by its path (a checkout under /root): then in a fresh directory
+# /var/tmp/smtpsync-postfix.XXXXXX (mktemp: no name anyone can plant ahead),
+# linked as DIR/instance. Paths below say DIR for either. DIR may hold
+# letters, digits and / . _ + @ % = : ~ - only: Postfix splits
+# alternate_config_directories on spaces and commas, and expands $.
 #
 # Mail for any address @example.test is accepted from anyone (relaying
 # elsewhere needs AUTH) and delivered into maildirs under DIR/mail:
@@ -50,7 +53,12 @@
 # Postfix only accepts `-c DIR/etc` for a directory listed in
 # alternate_config_directories of the default configuration, so start adds
 # DIR/etc there (creating a minimal /etc/postfix/main.cf if the package was
-# installed with "No configuration"). The default instance is never started.
+# installed with "No configuration": that one disables the default
+# instance's network services). Entries whose directory no longer exists
+# (runs that were killed), or is not root's, are pruned whenever the list
+# is rewritten (under the lock): a listed directory is one postqueue and
+# postdrop accept with -c, so a stale entry is a path some other user might
+# recreate. The default instance is never started.
 set -euo pipefail
 # Postfix's users read what start writes (main.cf, vmailbox, ...), whatever
 # the caller's umask; secrets are written with umask 077 below.
@@ -78,11 +86,27 @@ abspath() {
     printf '%s/%s\n' "$d" "$(basename "$1")"
 }
 
-# Where the instance of DIR lives: DIR itself, or what DIR/instance links
-# to (see place_instance).
+# valid_home PATH: PATH is a home place_instance made in /var/tmp: a name
+# it gives, a real directory (no symlink), owned by root and writable by
+# root only (so nothing in it was planted by another user).
+valid_home() {
+    local h=$1 mode
+    [[ $h =~ ^/var/tmp/smtpsync-postfix[.-][A-Za-z0-9]+$ ]] || return 1
+    { [ -d "$h" ] && [ ! -L "$h" ]; } || return 1
+    [ "$(stat -c %u -- "$h")" = 0 ] || return 1
+    mode=$(stat -c %a -- "$h")
+    [ $((8#$mode & 8#022)) -eq 0 ]
+}
+
+# Where the instance of DIR lives: DIR itself, or the home DIR/instance
+# links to (see place_instance). Fails (printing nothing) when DIR/instance
+# links to anything else.
 home_of() {
+    local h
     if [ -L "$1/instance" ]; then
-        readlink -f "$1/instance"
+        h=$(readlink -- "$1/instance")
+        valid_home "$h" || return 1
+        printf '%s\n' "$h"
     else
         printf '%s\n' "$1"
     fi
@@ -96,21 +120,51 @@ reachable_by() {
 # Chooses the home of the instance of DIR. Postfix's processes run as
 # postfix (smtpd reads the sasldb) and as $MAIL_USER (virtual writes the
 # maildirs), so they must reach it by its path; a checkout under /root
-# (mode 0700) is not reachable, and then the instance lives in a directory
-# of /var/tmp named after DIR, linked as DIR/instance.
+# (mode 0700) is not reachable, and then the instance lives in a fresh
+# directory of /var/tmp (mktemp: a name nobody can create first), linked as
+# DIR/instance. A restart reuses the home DIR/instance links to only while
+# valid_home holds (a real root-owned directory of ours).
 place_instance() {
     local dir=$1 home
     if reachable_by postfix "$dir" && reachable_by "$MAIL_USER" "$dir"; then
-        rm -f "$dir/instance"
+        rm -f -- "$dir/instance"
         printf '%s\n' "$dir"
         return
     fi
-    home=/var/tmp/smtpsync-postfix-$(printf '%s' "$dir" | sha256sum | cut -c1-16)
-    mkdir -p "$home"
-    chown root:root "$home"
+    if [ -L "$dir/instance" ]; then
+        home=$(readlink -- "$dir/instance")
+        if valid_home "$home"; then
+            if [[ $home == /var/tmp/smtpsync-postfix.* ]]; then
+                printf '%s\n' "$home"
+                return
+            fi
+            # A home of an older version, named after DIR (predictable):
+            # stopped already, replaced by a fresh one.
+            rm -rf -- "$home"
+        fi
+    fi
+    home=$(mktemp -d /var/tmp/smtpsync-postfix.XXXXXX) || die "cannot make a directory in /var/tmp"
     chmod 755 "$home"
-    ln -sfn "$home" "$dir/instance"
+    ln -sfn -- "$home" "$dir/instance"
     printf '%s\n' "$home"
+}
+
+# fresh_dir PATH OWNER MODE: PATH as a real directory (a symlink or file
+# in its place is removed first) with OWNER and MODE. Its parent is
+# writable by root only, so nothing can swap it between check and chown.
+fresh_dir() {
+    if [ -L "$1" ] || { [ -e "$1" ] && [ ! -d "$1" ]; }; then
+        rm -f -- "$1"
+    fi
+    mkdir -p -- "$1"
+    chown -h -- "$2" "$1"
+    chmod -- "$3" "$1"
+}
+
+# safe_path PATH: PATH has only characters that survive Postfix's lists
+# (split on space and comma) and its $-expansion.
+safe_path() {
+    [[ $1 =~ ^/[A-Za-z0-9/._+@%=:~-]*$ ]]
 }
 
 running() {
@@ -142,38 +196,88 @@ have_ipv6() {
 
 # Runs "$@" holding a lock on the default configuration: instances started
 # or removed at the same time (the test suite's, the demo's) each rewrite
-# alternate_config_directories.
+# alternate_config_directories. The lock file is in /run, where only root
+# creates files (in /run/lock any user could hold it forever).
+LOCK_FILE=/run/smtpsync-postfix.lock
 with_config_lock() {
     local rc=0
-    local dir=/run/lock
-    [ -d "$dir" ] || dir=/tmp
-    exec {lock_fd}>"$dir/smtpsync-postfix.lock"
-    flock "$lock_fd"
+    exec {lock_fd}>"$LOCK_FILE"
+    if ! flock -w 60 "$lock_fd"; then
+        exec {lock_fd}>&-
+        die "timed out after 60 s waiting for the lock $LOCK_FILE (held by: $(fuser "$LOCK_FILE" 2>/dev/null || echo unknown))"
+    fi
     "$@" || rc=$?
     exec {lock_fd}>&-
     return "$rc"
 }
 
-# Lists DIR/etc in alternate_config_directories of the default instance.
+# listed_dirs: alternate_config_directories of the default instance, one a
+# line (split as Postfix does: on spaces and commas, no globbing).
+listed_dirs() {
+    local current d list=()
+    current=$(postconf -c /etc/postfix -h alternate_config_directories 2>/dev/null || true)
+    IFS=$' \t\n,' read -ra list <<<"$current"
+    for d in "${list[@]}"; do
+        [ -z "$d" ] || printf '%s\n' "$d"
+    done
+}
+
+# still_ours DIR: a listed DIR worth keeping: it exists and root owns it
+# (one recreated by another user after a run died is dropped).
+still_ours() {
+    [ -d "$1" ] && [ "$(stat -L -c %u -- "$1" 2>/dev/null)" = 0 ]
+}
+
+# set_listed_dirs DIR...: rewrites alternate_config_directories (removed
+# when empty).
+set_listed_dirs() {
+    local joined='' d
+    for d in "$@"; do
+        joined+="${joined:+, }$d"
+    done
+    if [ -z "$joined" ]; then
+        if [ -n "$(postconf -c /etc/postfix -n alternate_config_directories 2>/dev/null)" ]; then
+            postconf -c /etc/postfix -X alternate_config_directories
+        fi
+    else
+        postconf -c /etc/postfix -e "alternate_config_directories = $joined"
+    fi
+}
+
+OUR_MAIN_CF_MARK="# Written by smtpsync's tests/tools/postfix.sh"
+
+# Lists DIR/etc in alternate_config_directories of the default instance,
+# and prunes the entries whose directory is gone.
 register_config_dir() {
-    local etc=$1 current
+    local etc=$1 d old=() new=()
     if [ ! -f /etc/postfix/main.cf ]; then
         # The Debian package configured with "No configuration" ships none.
-        cat >/etc/postfix/main.cf <<'EOF'
-# Written by smtpsync's tests/tools/postfix.sh: the default Postfix instance
-# is not used; this file only lists the private test instances below.
+        # Should the default instance ever start (a reboot, `postfix
+        # start`), it must not listen anywhere: no inet services at all.
+        cat >/etc/postfix/main.cf <<EOF
+$OUR_MAIN_CF_MARK because the Debian package
+# was installed with "No configuration" (deploy/install-deps). The default
+# Postfix instance is not used: its network services are disabled
+# (master_service_disable, inet_interfaces) so that it listens nowhere
+# should it start; this file only lists the private test instances below.
+# Replace it with a real configuration if this host runs Postfix for mail.
 compatibility_level = 3.6
+master_service_disable = inet
+inet_interfaces = loopback-only
 EOF
+    elif head -n 1 /etc/postfix/main.cf | grep -qF -- "$OUR_MAIN_CF_MARK" &&
+        [ -z "$(postconf -c /etc/postfix -n master_service_disable 2>/dev/null)" ]; then
+        # One an older version of this script wrote: made safe the same
+        # way. A main.cf of the administrator's is never changed here.
+        postconf -c /etc/postfix -e "master_service_disable = inet" "inet_interfaces = loopback-only"
     fi
-    current=$(postconf -c /etc/postfix -h alternate_config_directories 2>/dev/null || true)
-    case " ${current//,/ } " in
-    *" $etc "*) return 0 ;;
-    esac
-    if [ -n "$current" ]; then
-        postconf -c /etc/postfix -e "alternate_config_directories = $current, $etc"
-    else
-        postconf -c /etc/postfix -e "alternate_config_directories = $etc"
-    fi
+    mapfile -t old < <(listed_dirs)
+    for d in "${old[@]}"; do
+        # Dead entries (a killed run's) go; ours is listed last.
+        if [ "$d" != "$etc" ] && still_ours "$d"; then new+=("$d"); fi
+    done
+    new+=("$etc")
+    [ "${old[*]}" = "${new[*]}" ] || set_listed_dirs "${new[@]}"
 }
 
 ensure_mail_user() {
@@ -318,12 +422,11 @@ sasldb_path: $dir/sasldb2
 mech_list: PLAIN LOGIN CRAM-MD5
 EOF
     chmod 644 "$dir/etc/sasl/smtpd.conf"
-    if [ ! -s "$dir/password" ]; then
-        password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
-        (umask 077 && printf '%s\n' "$password" >"$dir/password")
-    fi
-    chmod 600 "$dir/password"
-    password=$(head -n1 "$dir/password")
+    # A new password every start, into a new file: whatever was at the name
+    # (a file of other content or mode, a symlink) is not reused.
+    password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+    rm -f -- "$dir/password"
+    (umask 077 && set -o noclobber && printf '%s\n' "$password" >"$dir/password")
     rm -f "$dir/sasldb2"
     printf '%s' "$password" | saslpasswd2 -p -f "$dir/sasldb2" -c -u "$SASL_DOMAIN" "$SASL_USER"
     # smtpd runs as postfix when it checks a password.
@@ -391,9 +494,10 @@ start() {
     [ "$(id -u)" -eq 0 ] || die "must run as root (Postfix's master runs as root)"
     command -v postfix >/dev/null || die "postfix is not installed (deploy/install-deps test)"
     command -v saslpasswd2 >/dev/null || die "saslpasswd2 is missing (package sasl2-bin)"
-    mkdir -p "$1"
-    top=$(cd "$1" && pwd -P)
-    certs=$(cd "$2" && pwd -P)
+    mkdir -p -- "$1"
+    top=$(cd -- "$1" && pwd -P)
+    certs=$(cd -- "$2" && pwd -P)
+    safe_path "$top" || die "refusing DIR '$top': Postfix's lists split paths on spaces and commas; use only letters, digits and / . _ + @ % = : ~ -"
     for f in chain.pem leaf.key ca.pem; do
         [ -r "$certs/$f" ] || die "$certs/$f is missing (tests/tools/make-certs.sh $certs)"
     done
@@ -401,23 +505,22 @@ start() {
     stop "$top"
     ensure_mail_user
     dir=$(place_instance "$top")
+    safe_path "$dir" || die "refusing instance directory '$dir' (see DIR above)"
     INET_PROTOCOLS=ipv4
     have_ipv6 && INET_PROTOCOLS=all
     choose_ports "$dir"
 
     # Postfix insists on root-owned, not group- or world-writable paths.
-    chmod go-w "$dir"
-    mkdir -p "$dir/etc" "$dir/queue" "$dir/data" "$dir/mail"
-    chown root:root "$dir/etc" "$dir/queue"
-    chmod 755 "$dir/etc" "$dir/queue"
-    chown postfix:postfix "$dir/data"
-    chmod 700 "$dir/data"
-    chown "$MAIL_USER:$MAIL_USER" "$dir/mail"
-    chmod 755 "$dir/mail"
+    # Nothing is chowned or chmodded through a symlink (fresh_dir).
+    chmod go-w -- "$dir"
+    fresh_dir "$dir/etc" root:root 755
+    fresh_dir "$dir/queue" root:root 755
+    fresh_dir "$dir/data" postfix:postfix 700
+    fresh_dir "$dir/mail" "$MAIL_USER:$MAIL_USER" 755
 
     # smtpd reads these as root before it drops privileges; a copy keeps
     # the instance whole wherever CERTS is.
-    mkdir -p "$dir/etc/tls"
+    fresh_dir "$dir/etc/tls" root:root 755
     cp "$certs/chain.pem" "$dir/etc/tls/chain.pem"
     (umask 077 && cp "$certs/leaf.key" "$dir/etc/tls/leaf.key")
     write_main_cf "$dir"
@@ -461,7 +564,7 @@ stop() {
     local dir i
     [ $# -eq 1 ] || usage
     [ -d "$1" ] || return 0
-    dir=$(home_of "$(cd "$1" && pwd -P)")
+    dir=$(home_of "$(cd -- "$1" && pwd -P)") || return 0
     [ -f "$dir/etc/main.cf" ] || return 0
     running "$dir" || return 0
     postfix -c "$dir/etc" stop >/dev/null 2>&1 || true
@@ -473,23 +576,17 @@ stop() {
     postfix -c "$dir/etc" abort >/dev/null 2>&1 || true
 }
 
-# Takes DIR/etc out of alternate_config_directories.
+# Takes DIR/etc out of alternate_config_directories, and the entries whose
+# directory is gone.
 unregister_config_dir() {
-    local etc=$1 current kept='' d
+    local etc=$1 d kept=() all=0
     [ -f /etc/postfix/main.cf ] || return 0
-    current=$(postconf -c /etc/postfix -h alternate_config_directories 2>/dev/null || true)
-    case " ${current//,/ } " in
-    *" $etc "*) ;;
-    *) return 0 ;;
-    esac
-    for d in ${current//,/ }; do
-        [ "$d" = "$etc" ] || kept+="${kept:+, }$d"
-    done
-    if [ -z "$kept" ]; then
-        postconf -c /etc/postfix -X alternate_config_directories
-    else
-        postconf -c /etc/postfix -e "alternate_config_directories = $kept"
-    fi
+    while IFS= read -r d; do
+        all=$((all + 1))
+        if [ "$d" != "$etc" ] && still_ours "$d"; then kept+=("$d"); fi
+    done < <(listed_dirs)
+    [ "${#kept[@]}" -ne "$all" ] || return 0
+    set_listed_dirs "${kept[@]}"
 }
 
 # Stops the instance of DIR and deletes it: DIR, and the directory in
@@ -499,31 +596,32 @@ remove() {
     [ $# -eq 1 ] || usage
     [ -e "$1" ] || return 0
     if [ -L "$1" ] || [ ! -d "$1" ]; then die "$1 is not a directory"; fi
-    top=$(cd "$1" && pwd -P)
+    top=$(cd -- "$1" && pwd -P)
     stop "$top"
-    dir=$(home_of "$top")
+    # A DIR/instance that links elsewhere is only unlinked (rm -rf below).
+    dir=$(home_of "$top") || dir=$top
+    if [ "$dir" != "$top" ]; then
+        rm -rf -- "$dir"
+    fi
     if [ -d /etc/postfix ]; then
         with_config_lock unregister_config_dir "$dir/etc"
     fi
-    if [ "$dir" != "$top" ]; then
-        case $dir in
-        /var/tmp/smtpsync-postfix-*) rm -rf "$dir" ;;
-        *) die "$top/instance points to $dir, not a directory start made" ;;
-        esac
-    fi
-    rm -rf "$top"
+    rm -rf -- "$top"
 }
 
 status() {
     [ $# -eq 1 ] || usage
-    [ -d "$1" ] && running "$(home_of "$(abspath "$1")")"
+    local dir
+    [ -d "$1" ] || return 1
+    dir=$(home_of "$(abspath "$1")") || return 1
+    running "$dir"
 }
 
 # Delivered messages containing TEXT (fixed string), oldest first.
 find_messages() {
     local dir text
     [ $# -eq 2 ] || usage
-    dir=$(home_of "$(abspath "$1")")
+    dir=$(home_of "$(abspath "$1")") || return 0
     text=$2
     [ -d "$dir/mail" ] || return 0
     find "$dir/mail" -path '*/new/*' -type f -printf '%T@ %p\n' 2>/dev/null | sort -n |
