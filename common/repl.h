@@ -68,6 +68,7 @@
 
 #define REPL_KEEPALIVE_DEFAULT_MS      30000u
 #define REPL_ANSWER_TIMEOUT_DEFAULT_MS 20000u
+#define REPL_ANSWER_MIN_RATE           128u /* octets/ms (~1 Mbit/s) a push may take to send */
 #define REPL_STATUS_FLUSH_DEFAULT_MS   1000u
 #define REPL_LISTEN_IDLE_DEFAULT_MS    300000u
 #define REPL_SNAPSHOTS_DEFAULT         4u
@@ -84,7 +85,8 @@ struct repl_tuning {
     unsigned snapshot_concurrency; /* snapshots in flight at once; 0: 4 */
     uint64_t retry_initial_ms;     /* first retry after a failure; 0: 1 s */
     uint64_t keepalive_ms;         /* a quiet connection gets a StatusQuery; 0: 30 s */
-    uint64_t answer_timeout_ms;    /* Hello/Delta/Snapshot unanswered: reconnect; 0: 20 s */
+    uint64_t answer_timeout_ms;    /* Hello/Delta/Snapshot unanswered this long (plus
+                                    * its size at REPL_ANSWER_MIN_RATE): reconnect; 0: 20 s */
     uint64_t status_flush_ms;      /* persisted status written at most this often; 0: 1 s */
     /* The pusher's connections. idle_timeout_ms 0 means keepalive + answer
      * timeout: the replica answers every keepalive, so only a dead peer is

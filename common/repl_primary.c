@@ -86,6 +86,15 @@ static uint64_t answer_timeout_ms(const struct repl_primary *rp)
                                         : REPL_ANSWER_TIMEOUT_DEFAULT_MS;
 }
 
+/* How long the push in flight may go unanswered: the answer timeout, plus
+ * the time to send its frame at REPL_ANSWER_MIN_RATE, so a 16 MiB Snapshot
+ * on a slow site link is not abandoned (and sent again, forever) while it
+ * is still on its way. */
+static uint64_t answer_deadline_ms(const struct target *t)
+{
+    return answer_timeout_ms(t->rp) + t->push_bytes / REPL_ANSWER_MIN_RATE;
+}
+
 /* Hello, Delta and Snapshot each wait for one answer (inflight). */
 static bool target_awaits_answer(const struct target *t)
 {
@@ -205,6 +214,7 @@ static void target_want_snapshot(struct target *t)
     }
     target_set_state(t, T_QUEUED);
     t->inflight = 0;
+    repl__target_arm(t); /* keepalives while it waits for a slot */
     if (!t->queued) {
         t->queued = true;
         t->qnext = NULL;
@@ -704,6 +714,10 @@ static void on_timer(uv_timer_t *h)
             repl__target_arm(t);
         }
         break;
+    case T_QUEUED:
+        target_keepalive(t);
+        repl__target_arm(t);
+        break;
     case T_HELLO:
     case T_PUSHING:
     case T_SNAPSHOT:
@@ -715,7 +729,7 @@ static void on_timer(uv_timer_t *h)
                     t->state == T_HELLO     ? "Hello"
                     : t->state == T_PUSHING ? "Delta"
                                             : "Snapshot",
-                    answer_timeout_ms(t->rp));
+                    answer_deadline_ms(t));
         break;
     default:
         break;
@@ -741,12 +755,14 @@ void repl__target_arm(struct target *t)
         }
         delay = repl_sched_delay(&t->sched, now);
         break;
-    case T_READY: {
-        uint64_t ka = repl__keepalive_ms(rp);
-        int64_t ka_at = t->last_sent_ms + (int64_t)ka;
-        delay = repl_sched_delay(&t->sched, now);
-        if (ka_at - now < (int64_t)delay)
-            delay = ka_at > now ? (uint64_t)(ka_at - now) : 0;
+    case T_READY:
+    case T_QUEUED: {
+        /* The next keepalive; for a READY replica the scheduled push if
+         * sooner (a QUEUED one waits for a snapshot slot, not a time). */
+        int64_t ka_at = t->last_sent_ms + (int64_t)repl__keepalive_ms(rp);
+        delay = ka_at > now ? (uint64_t)(ka_at - now) : 0;
+        if (t->state == T_READY && repl_sched_delay(&t->sched, now) < delay)
+            delay = repl_sched_delay(&t->sched, now);
         break;
     }
     default:
@@ -754,7 +770,7 @@ void repl__target_arm(struct target *t)
             uv_timer_stop(&t->timer);
             return;
         }
-        delay = answer_timeout_ms(rp);
+        delay = answer_deadline_ms(t);
         break;
     }
     uv_timer_start(&t->timer, on_timer, delay, 0);
