@@ -105,7 +105,7 @@ static int conf_handler(void *user, const char *section, const char *name, const
     int k = -1;
 
     if (strcmp(section, "ctl") != 0)
-        return 1; /* a node's config may hold [ctl] too: the rest is theirs */
+        return 1; /* other sections are not smtpsyncctl's: skipped */
     cp->seen_section = true;
     if (name == NULL)
         return 1;

@@ -139,6 +139,8 @@ static cJSON *node_json(const Smtpsync__NodeStatus *n)
     char hash[CTL_HASH_HEX];
     cJSON *o = cJSON_CreateObject();
     const char *role = role_name(n->role);
+    /* Local mode reads the store only: the outbox is the daemon's (null). */
+    bool local = n->node == NULL || n->node[0] == '\0';
 
     if (n->hash.len == STORE_HASH_LEN)
         ctl_output_hex(n->hash.data, n->hash.len, hash);
@@ -151,8 +153,10 @@ static cJSON *node_json(const Smtpsync__NodeStatus *n)
         !ctl_output_json_add(o, "revision", json_u64(n->revision)) ||
         !ctl_output_json_add(o, "hash", ctl_output_json_string(hash)) ||
         !ctl_output_json_add(o, "revision_time", json_time(n->revision_time_ms)) ||
-        !ctl_output_json_add(o, "outbox_depth", json_u64(n->outbox_depth)) ||
-        !ctl_output_json_add(o, "dead_count", json_u64(n->dead_count)) ||
+        !ctl_output_json_add(o, "outbox_depth",
+                             local ? cJSON_CreateNull() : json_u64(n->outbox_depth)) ||
+        !ctl_output_json_add(o, "dead_count",
+                             local ? cJSON_CreateNull() : json_u64(n->dead_count)) ||
         !ctl_output_json_add(o, "version", ctl_output_json_string(n->version)) ||
         !ctl_output_json_add(o, "cert_expiry", json_time(n->cert_expiry_ms)) ||
         !ctl_output_json_add(o, "primary",
@@ -278,7 +282,12 @@ static void node_text(const Smtpsync__NodeStatus *n)
         printf("version:     %s\n", ctl_quote(n->version, q, sizeof(q)));
     if (n->cert_expiry_ms != 0)
         printf("certificate: expires %s\n", when(n->cert_expiry_ms, t, sizeof(t), "-"));
-    printf("outbox:      %" PRIu64 " waiting, %" PRIu64 " dead\n", n->outbox_depth, n->dead_count);
+    /* "(this store)": local mode read the store, not the daemon's outbox. */
+    if (n->node != NULL && n->node[0] != '\0')
+        printf("outbox:      %" PRIu64 " waiting, %" PRIu64 " dead\n", n->outbox_depth,
+               n->dead_count);
+    else
+        printf("outbox:      not read in local mode (smtpsyncctl queue asks the daemon)\n");
 }
 
 static void replica_text(const Smtpsync__ReplicaStatus *r)

@@ -244,6 +244,10 @@ assert_exit "local save" 0
 ctl status
 assert_exit "local status" 0
 assert_contains "local status: revision" "$OUT" "revision:    1 (hash"
+assert_contains "local status: the outbox is the daemon's" "$OUT" \
+    "outbox:      not read in local mode"
+ctl status --json
+assert_eq "local status --json: outbox_depth null" null "$(json 'd["node"]["outbox_depth"]')"
 ctl status --json
 assert_exit "local status --json" 0
 assert_eq "local status --json: revision" 1 "$(json 'd["node"]["revision"]')"
