@@ -428,8 +428,17 @@ static void on_snapshot(struct repl_replica *rr, struct session *s, uint64_t id,
         send_error(s->p, id, rc, msg);
         return;
     }
-    log_info("applied the snapshot of revision %" PRIu64 " (%zu records) from %s (was %" PRIu64 ")",
-             snap->revision, snap->n_records, peer_id(s->p), before.revision);
+    if (snap->revision < before.revision)
+        /* Legitimate after a divergence at the same epoch, but also what a
+         * primary restored from an old backup does to every replica:
+         * docs/OPERATIONS.md says to promote a replica instead. */
+        log_warnx("applied the snapshot of revision %" PRIu64 " from %s: this store went BACK "
+                  "from revision %" PRIu64 " (%" PRIu64 " revisions undone)",
+                  snap->revision, peer_id(s->p), before.revision, before.revision - snap->revision);
+    else
+        log_info("applied the snapshot of revision %" PRIu64 " (%zu records) from %s (was %" PRIu64
+                 ")",
+                 snap->revision, snap->n_records, peer_id(s->p), before.revision);
     rr->primary_revision = snap->revision; /* the primary's state, whole, once applied */
     send_ack(rr, s->p, id);
     if (rr->applied != NULL)

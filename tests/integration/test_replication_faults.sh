@@ -277,6 +277,10 @@ for r in site-c site-d; do
     repaired "$r"
     assert_true "$r: repaired by a snapshot (replica log)" log_has "$r" "applied the snapshot"
 done
+# site-d was ahead: the snapshot took it back, and it says so loudly.
+assert_true "site-d: going back is a warning" log_has site-d "this store went BACK from revision"
+assert_true "site-d: at warn level" log_has site-d " warn applied the snapshot of revision"
+assert_false "site-c: going forward is not" log_has site-c "went BACK"
 printf 'what the primary logged about the diverged replicas:\n'
 log_since primary | grep -E 'replica site-[bcd]: .*(snapshot|diverged|Diverged|hash)' | cut -d' ' -f3- |
     grep -vE ' -> (ready|snapshot)$' | sed 's/^/  /' | head -n 12
