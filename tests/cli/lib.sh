@@ -8,6 +8,10 @@
 #
 #   ctl ARGS...            run "$SMTPSYNCCTL" --data-dir "$DATA" ARGS...
 #   ctl_in TEXT ARGS...    the same with TEXT on stdin
+#   SRC, BUILD, PRIMARY, REPLICA   the source tree, the build, the daemons
+#   mtls_primary_conf NAME PKI   writes $T/NAME.conf: a primary with [tls]
+#                          from PKI (admin alice), on free ports PORT
+#                          (mTLS) and MPORT (metrics), data in $T/NAME.data
 #
 # run, run_in, json, the assert_* helpers and finish come from
 # tests/tools/assert.sh (see there). A run whose stderr shows a sanitizer
@@ -28,6 +32,12 @@ if [ -z "${SMTPSYNC_TEST_CERTS:-}" ]; then
     "$(dirname "${BASH_SOURCE[0]}")/../tools/make-certs.sh" "$SMTPSYNC_TEST_CERTS"
 fi
 CERTS=$SMTPSYNC_TEST_CERTS
+# The source tree and the build's daemons (CTest sets them; by hand, they
+# are found from the checkout and from $SMTPSYNCCTL's build directory).
+SRC=${SMTPSYNC_SOURCE:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+BUILD=$(cd "$(dirname "$SMTPSYNCCTL")/.." && pwd)
+PRIMARY=${SMTPSYNC_PRIMARY:-$BUILD/primary/smtpsync-primary}
+REPLICA=${SMTPSYNC_REPLICA:-$BUILD/replica/smtpsync-replica}
 # The global option must not leak in from the caller's environment.
 unset SMTPSYNC_DATA_DIR
 
@@ -39,4 +49,24 @@ ctl_in() {
     local input=$1
     shift
     run_in "$input" "$SMTPSYNCCTL" --data-dir "$DATA" "$@"
+}
+
+mtls_primary_conf() {
+    local name=$1 pki=$2
+    PORT=$(free_port)
+    MPORT=$(free_port)
+    cat >"$T/$name.conf" <<EOF
+[node]
+id = primary
+data_dir = $T/$name.data
+submit_socket = $T/$name.sock
+listen = 127.0.0.1:$PORT
+metrics_listen = 127.0.0.1:$MPORT
+[tls]
+ca = $pki/ca.pem
+cert = $pki/primary.pem
+key = $pki/primary.key
+[admin]
+super_admins = alice
+EOF
 }

@@ -20,11 +20,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SRC=${SMTPSYNC_SOURCE:-$(cd "$(dirname "$0")/../.." && pwd)}
 EX=$SRC/deploy/examples
-BUILD=$(cd "$(dirname "$SMTPSYNCCTL")/.." && pwd)
-PRIMARY=${SMTPSYNC_PRIMARY:-$BUILD/primary/smtpsync-primary}
-REPLICA=${SMTPSYNC_REPLICA:-$BUILD/replica/smtpsync-replica}
 PKI=$T/pki
 "$SRC/tests/tools/make-pki.sh" -a alice "$PKI" primary site-b >/dev/null
 
@@ -224,26 +220,8 @@ assert_match "wrong id: ok line counts it" "$OUT" \
 assert_false "bad files: data_dir not made" test -e "$T/bad.nodata"
 
 # ---- beside the running daemon, with the same file ----
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-PORT=$(free_port)
-MPORT=$(free_port)
+mtls_primary_conf live "$PKI"
 mkdir -p "$T/live.data"
-cat >"$T/live.conf" <<EOF
-[node]
-id = primary
-data_dir = $T/live.data
-submit_socket = $T/live.sock
-listen = 127.0.0.1:$PORT
-metrics_listen = 127.0.0.1:$MPORT
-[tls]
-ca = $PKI/ca.pem
-cert = $PKI/primary.pem
-key = $PKI/primary.key
-[admin]
-super_admins = alice
-EOF
 "$PRIMARY" --config "$T/live.conf" >"$T/live.out" 2>"$T/live.log" </dev/null &
 DAEMON_PID=$!
 # shellcheck disable=SC2317 # called through wait_until

@@ -12,9 +12,6 @@
 source "$(dirname "$0")/lib.sh"
 
 # The daemons sit next to smtpsyncctl in the build tree unless named.
-BUILD=$(cd "$(dirname "$SMTPSYNCCTL")/.." && pwd)
-PRIMARY=${SMTPSYNC_PRIMARY:-$BUILD/primary/smtpsync-primary}
-REPLICA=${SMTPSYNC_REPLICA:-$BUILD/replica/smtpsync-replica}
 for bin in "$PRIMARY" "$REPLICA"; do
     [ -x "$bin" ] || {
         echo "missing daemon binary $bin (set SMTPSYNC_PRIMARY / SMTPSYNC_REPLICA)" >&2
@@ -298,9 +295,6 @@ stop r1 TERM
 
 PKI=$T/pki
 bash "$(dirname "$0")/../tools/make-pki.sh" -a alice "$PKI" primary site-b site-c >/dev/null
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 PP=$(free_port)
 PB=$(free_port)
 PC=$(free_port)

@@ -11,15 +11,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SRC=${SMTPSYNC_SOURCE:-$(cd "$(dirname "$0")/../.." && pwd)}
 EX=$SRC/deploy/examples
-BUILD=$(cd "$(dirname "$SMTPSYNCCTL")/.." && pwd)
-PRIMARY=${SMTPSYNC_PRIMARY:-$BUILD/primary/smtpsync-primary}
-REPLICA=${SMTPSYNC_REPLICA:-$BUILD/replica/smtpsync-replica}
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # ---- every key is documented ----
 # Sections, keys, defaults and the live (SIGHUP) column straight from the

@@ -18,10 +18,6 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 # The pages are built next to the programs: BUILD/docs/man/manN.
-BUILD=$(cd "$(dirname "$SMTPSYNCCTL")/.." && pwd)
-PRIMARY=${SMTPSYNC_PRIMARY:-$BUILD/primary/smtpsync-primary}
-REPLICA=${SMTPSYNC_REPLICA:-$BUILD/replica/smtpsync-replica}
-SRC=${SMTPSYNC_SOURCE:-$(cd "$(dirname "$0")/../.." && pwd)}
 MAN=$BUILD/docs/man
 CTL_PAGE=$MAN/man1/smtpsyncctl.1
 declare -A PAGE=([smtpsync-primary]=$MAN/man8/smtpsync-primary.8

@@ -9,7 +9,6 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SRC=${SMTPSYNC_SOURCE:-$(cd "$(dirname "$0")/../.." && pwd)}
 PKI_TOOL=$SRC/deploy/smtpsync-pki
 D=$T/pki
 unset SMTPSYNC_PKI_DIR
@@ -347,7 +346,7 @@ if [ -z "$PRIMARY" ] || [ ! -x "$PRIMARY" ]; then
     echo "skipping the daemon part: SMTPSYNC_PRIMARY is not set" >&2
     finish
 fi
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 printf '[node]\nid = primary\ndata_dir = %s\nsubmit_socket = %s\nlisten = 127.0.0.1:%s\n[tls]\nca = %s\ncert = %s\nkey = %s\n[admin]\nsuper_admins = alice\noperators = monitor\n' \
     "$T/data" "$T/p.sock" "$port" "$D/ca.pem" "$D/primary.pem" "$D/primary.key" >"$T/p.ini"
 mkdir -p "$T/data"

@@ -12,9 +12,6 @@
 # node of the CA that is not the one named refused before anything is sent.
 source "$(dirname "$0")/lib.sh"
 
-BUILD=$(cd "$(dirname "$SMTPSYNCCTL")/.." && pwd)
-PRIMARY=${SMTPSYNC_PRIMARY:-$BUILD/primary/smtpsync-primary}
-REPLICA=${SMTPSYNC_REPLICA:-$BUILD/replica/smtpsync-replica}
 TOOLS=$(cd "$(dirname "$0")/../tools" && pwd)
 PW='Remote-4471-heron-UNIQUE-pw'
 declare -A PID
@@ -25,9 +22,6 @@ PKI=$T/pki
     { echo "make-pki.sh failed" >&2; exit 1; }
 
 # A free TCP port on loopback (nothing listens on it afterwards).
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # admin NAME ARGS...: smtpsyncctl as admin NAME against $SERVER, which
 # must be node $SERVER_ID.

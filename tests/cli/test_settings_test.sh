@@ -56,14 +56,6 @@ assert_exit "no store" 1
 assert_contains "no store: message" "$ERR" "no such directory"
 assert_true "no store: nothing created" test ! -e "$T/absent"
 
-# A port nothing listens on.
-free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-}
 CLOSED=$(free_port)
 
 ctl_in "$PW"$'\n'"$PW"$'\n' settings set --instance primary --hostname 127.0.0.1 \

@@ -34,10 +34,6 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SRC=${SMTPSYNC_SOURCE:-$(cd "$(dirname "$0")/../.." && pwd)}
-BUILD=$(cd "$(dirname "$SMTPSYNCCTL")/.." && pwd)
-PRIMARY=${SMTPSYNC_PRIMARY:-$BUILD/primary/smtpsync-primary}
-REPLICA=${SMTPSYNC_REPLICA:-$BUILD/replica/smtpsync-replica}
 UNITS=$SRC/deploy/systemd
 
 if ! command -v systemd-analyze >/dev/null; then
@@ -269,22 +265,8 @@ trap cleanup EXIT
 syscall_check() {
     local pki=$T/pki port mport trace_pid i names
     "$SRC/tests/tools/make-pki.sh" -a alice "$pki" primary >/dev/null
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    mport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    cat >"$T/st.conf" <<EOF
-[node]
-id = primary
-data_dir = $T/st.data
-submit_socket = $T/st.sock
-listen = 127.0.0.1:$port
-metrics_listen = 127.0.0.1:$mport
-[tls]
-ca = $pki/ca.pem
-cert = $pki/primary.pem
-key = $pki/primary.key
-[admin]
-super_admins = alice
-EOF
+    mtls_primary_conf st "$pki"
+    port=$PORT mport=$MPORT
     ASAN_OPTIONS=detect_leaks=0 strace -f -qq -o "$T/trace" "$PRIMARY" --config "$T/st.conf" \
         2>"$T/st.log" &
     trace_pid=$!

@@ -74,9 +74,6 @@ step() {
     printf '\n=== [%3ds] %s\n' "$SECONDS" "$*"
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # admin_cert OUT CN ISSUER [START END]: a client certificate OUT.pem /
 # OUT.key for CN (SAN DNS:CN, EKU clientAuth) signed by ISSUER.pem/.key.

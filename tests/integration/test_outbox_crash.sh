@@ -17,7 +17,7 @@ RUN=$$-$RANDOM
 SINK_DIR=$T/sink
 mkdir -p "$SINK_DIR"
 chown nobody "$SINK_DIR"
-SINK_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+SINK_PORT=$(free_port)
 smtp-sink -u nobody -d "$SINK_DIR/%H%M%S." "127.0.0.1:$SINK_PORT" 256 2>"$T/sink.err" &
 SINK_PID=$!
 PIDS+=("$SINK_PID")

@@ -198,3 +198,8 @@ finish() {
     fi
     exit 0
 }
+
+# free_port: a loopback TCP port nothing listens on now (the OS's pick).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
