@@ -43,7 +43,9 @@ static const struct family_desc counter_desc[METRICS_COUNTER_COUNT] = {
                                  "by outcome.",
                                  {"replica", "result"}},
     [METRICS_DELIVERIES] = {"smtpsync_deliveries_total",
-                            "Outcomes of delivery attempts (delivered, deferred, dead).",
+                            "Delivery outcomes: delivered (once per message, when no "
+                            "recipient is left), deferred (per deferred attempt, partial "
+                            "deliveries included), dead.",
                             {"priority", "result"}},
     [METRICS_TLS_HANDSHAKE_FAILURES] = {"smtpsync_tls_handshake_failures_total",
                                         "TLS handshakes that failed, by channel "
@@ -54,7 +56,7 @@ static const struct family_desc counter_desc[METRICS_COUNTER_COUNT] = {
 static const struct family_desc histogram_desc[METRICS_HISTOGRAM_COUNT] = {
     [METRICS_DELIVERY_LATENCY] = {"smtpsync_delivery_latency_seconds",
                                   "Seconds from submission accepted to the server's 250 after "
-                                  "DATA, for delivered mail.",
+                                  "DATA, once per message when its last recipient is delivered.",
                                   {"priority", NULL}},
 };
 

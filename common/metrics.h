@@ -37,8 +37,10 @@ enum metrics_counter {
     /* smtpsync_replication_push_bytes_total{replica, result}: their
      * encoded size in octets, by the same result. */
     METRICS_REPL_PUSH_BYTES,
-    /* smtpsync_deliveries_total{priority, result}: outcomes of delivery
-     * attempts; result "delivered", "deferred" or "dead". */
+    /* smtpsync_deliveries_total{priority, result}: "delivered" once per
+     * message, when its last recipient is accepted; "deferred" per attempt
+     * that left recipients to retry (a partial delivery included); "dead"
+     * once per message. */
     METRICS_DELIVERIES,
     /* smtpsync_tls_handshake_failures_total{channel, reason}: channel
      * "replication" (mTLS, both directions) or "smtp" (to the mail server);
@@ -50,7 +52,8 @@ enum metrics_counter {
 /* Event histograms. */
 enum metrics_histogram {
     /* smtpsync_delivery_latency_seconds{priority}: submission accepted to
-     * the server's 250 after DATA, for delivered mail. Buckets from 5 ms to
+     * the server's 250 after DATA, once per message, when its last
+     * recipient is accepted. Buckets from 5 ms to
      * 1 h, so both a tokencode's milliseconds and a deferred report's
      * retries land in a bucket that means something. */
     METRICS_DELIVERY_LATENCY,

@@ -33,10 +33,17 @@
 #include "log.h"
 
 /* A scraper needs one connection; a few more allow a curl by hand while
- * Prometheus scrapes. An idle or slow client is dropped after the timeout. */
+ * Prometheus scrapes. An idle or slow client is dropped after the timeout;
+ * so is one whose end of stream came with the last bytes libmicrohttpd
+ * read (0.9.75 misses that close under edge-triggered epoll), which
+ * bounds how long such clients can hold every connection. */
 #define METRICS_HTTP_CONNECTIONS 16
 #define METRICS_HTTP_TIMEOUT_S   10
 #define METRICS_HTTP_BACKLOG     16
+/* run_mhd(): MHD_run() rounds while connections close, and the timer
+ * used when connections are open but MHD names no timeout. */
+#define METRICS_HTTP_RUN_ROUNDS  8
+#define METRICS_HTTP_FALLBACK_MS 1000
 
 #define CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
@@ -66,16 +73,19 @@ static int parse_address(const char *address, struct sockaddr_storage *ss, sockl
     char host[64];
     const char *colon, *p;
     unsigned long port = 0;
+    bool bracketed = false;
     size_t hlen;
 
     memset(ss, 0, sizeof(*ss));
     colon = address != NULL ? strrchr(address, ':') : NULL;
-    if (colon == NULL || colon[1] == '\0' || strlen(colon + 1) > 5) {
+    if (colon == NULL || colon[1] == '\0') {
         error_why(why, whylen, "address must be HOST:PORT (IPv6 in brackets: [::1]:9465)");
         return ERROR_INVALID;
     }
+    /* Leading zeros are allowed, as the config file's parser allows them
+     * ("00009465"): a value that passes `smtpsyncctl check` must start. */
     for (p = colon + 1; *p != '\0'; p++) {
-        if (*p < '0' || *p > '9') {
+        if (*p < '0' || *p > '9' || port > 65535) {
             error_why(why, whylen, "port must be a number from 0 to 65535");
             return ERROR_INVALID;
         }
@@ -89,6 +99,7 @@ static int parse_address(const char *address, struct sockaddr_storage *ss, sockl
     if (hlen >= 2 && address[0] == '[' && address[hlen - 1] == ']') {
         address++;
         hlen -= 2;
+        bracketed = true;
     } else if (memchr(address, ':', hlen) != NULL) {
         error_why(why, whylen, "an IPv6 address must be in brackets: [::1]:%lu", port);
         return ERROR_INVALID;
@@ -100,9 +111,11 @@ static int parse_address(const char *address, struct sockaddr_storage *ss, sockl
     memcpy(host, address, hlen);
     host[hlen] = '\0';
 
-    if (strcasecmp(host, "localhost") == 0)
+    if (!bracketed && strcasecmp(host, "localhost") == 0)
         snprintf(host, sizeof(host), "127.0.0.1");
-    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+    /* Brackets hold an IPv6 address only ("[127.0.0.1]:0" is refused,
+     * as by the config file). */
+    if (!bracketed && inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
         if ((ntohl(sin->sin_addr.s_addr) >> 24) != 127)
             goto not_loopback;
         sin->sin_family = AF_INET;
@@ -117,6 +130,10 @@ static int parse_address(const char *address, struct sockaddr_storage *ss, sockl
         sin6->sin6_port = htons((uint16_t)port);
         *sslen = sizeof(*sin6);
         return 0;
+    }
+    if (bracketed) {
+        error_why(why, whylen, "[%.64s] is not an IPv6 address", host);
+        return ERROR_INVALID;
     }
 not_loopback:
     memset(ss, 0, sizeof(*ss));
@@ -255,7 +272,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 }
 
 /* MHD's own complaints (a failed accept, a broken client) as one quoted
- * log line each. */
+ * debug line each. */
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char msg[256], quoted[300];
@@ -266,20 +283,54 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     n = strlen(msg);
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
-    log_warnx("metrics_http error=%s", log_quote(quoted, sizeof(quoted), msg));
+    /* Debug, not warn: any local user can make MHD complain (an aborted
+     * or garbage request), and would flood the log at a higher level. */
+    log_debug("metrics_http error=%s", log_quote(quoted, sizeof(quoted), msg));
 }
 
 /* ---- driving MHD from the loop ---- */
 
 static void on_timer(uv_timer_t *timer);
 
+/* MHD_DAEMON_INFO_CURRENT_CONNECTIONS (which also reaps closed ones). */
+static unsigned current_connections(struct metrics_http *h)
+{
+    const union MHD_DaemonInfo *info;
+
+    info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return info != NULL ? info->num_connections : 0;
+}
+
+/*
+ * At the connection limit MHD takes its listener out of its epoll set and
+ * puts it back only at the start of a later MHD_run(), once a connection
+ * has gone. When the last connections close inside one MHD_run(), nothing
+ * would call it again: pending connects do not make the epoll descriptor
+ * readable (the listener is not in it), MHD_get_timeout() has nothing to
+ * time, and the endpoint would stay deaf for good. So MHD_run() again as
+ * long as a run closed connections (bounded: each round re-adds the
+ * listener and accepts what waits), and keep a fallback timer while any
+ * connection is open and MHD names no timeout of its own.
+ */
 static void run_mhd(struct metrics_http *h)
 {
     MHD_UNSIGNED_LONG_LONG ms;
+    unsigned before, after = 0;
+    bool fell = false;
 
-    MHD_run(h->daemon);
+    for (int round = 0; round < METRICS_HTTP_RUN_ROUNDS; round++) {
+        before = current_connections(h);
+        MHD_run(h->daemon);
+        after = current_connections(h);
+        fell = after < before;
+        if (!fell)
+            break;
+    }
+    /* Still falling after the last round: the listener may be out. */
     if (MHD_get_timeout(h->daemon, &ms) == MHD_YES)
         uv_timer_start(&h->timer, on_timer, (uint64_t)ms, 0);
+    else if (after > 0 || fell)
+        uv_timer_start(&h->timer, on_timer, METRICS_HTTP_FALLBACK_MS, 0);
     else
         uv_timer_stop(&h->timer);
 }

@@ -615,9 +615,6 @@ void sender__delivered(struct sender *s, struct sender_session *sess, struct sen
              m->id, res->naccepted, sess->relay_name, m->attempts + 1,
              sender__now(s) - item->started_ms, sender__now(s) - m->created_ms);
     s->stats.delivered++;
-    metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "delivered", 1);
-    metrics_observe(METRICS_DELIVERY_LATENCY, priority_label(m->priority),
-                    (double)(sender__now(s) - m->created_ms) / 1000.0);
     for (size_t i = 0; res->rcpts != NULL && res->naccepted < m->nrcpts && i < m->nrcpts; i++) {
         int code = res->rcpts[i].code;
         char *rcpt = m->rcpts[i];
@@ -637,7 +634,17 @@ void sender__delivered(struct sender *s, struct sender_session *sess, struct sen
         m->rcpts[i] = m->rcpts[nkeep];
         m->rcpts[nkeep++] = rcpt;
     }
+    /*
+     * smtpsync_deliveries_total counts a message "delivered" once, when
+     * no recipient is left to retry, and "deferred" once per deferred
+     * attempt: a partial delivery is "deferred" until its last recipient
+     * goes. The latency is observed then too, once per message, from
+     * submission to the last 250.
+     */
     if (nkeep == 0) {
+        metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "delivered", 1);
+        metrics_observe(METRICS_DELIVERY_LATENCY, priority_label(m->priority),
+                        (double)(sender__now(s) - m->created_ms) / 1000.0);
         sender_result_add(s, m->id, OUTBOX_DELIVERED, 0, NULL, NULL, 0);
         sender_item_free(item);
         return;

@@ -31,6 +31,7 @@
 #include "error.h"
 #include "fake_smtp.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "sender.h"
 #include "settings.h"
@@ -370,6 +371,23 @@ static struct sender_stats stats(struct env *e)
 static bool has(const char *hay, const char *needle)
 {
     return hay != NULL && strstr(hay, needle) != NULL;
+}
+
+/* The value of the sample `name` in GET /metrics, or -1 if absent. */
+static double metric(const char *name)
+{
+    char *body = NULL, *p;
+    size_t len = 0, n = strlen(name);
+    double v = -1;
+
+    assert_int_equal(metrics_render(NULL, NULL, &body, &len), 0);
+    for (p = body; p != NULL && *p != '\0'; p = strchr(p, '\n'), p = p != NULL ? p + 1 : NULL)
+        if (strncmp(p, name, n) == 0 && p[n] == ' ') {
+            v = strtod(p + n + 1, NULL);
+            break;
+        }
+    free(body);
+    return v;
 }
 
 /* A server that answers until DATA and then never again: a message stays
@@ -898,9 +916,15 @@ static void test_sender_partial_4xx_keeps_the_rest(void **state)
     fake_smtp_script(e->fake[0], "RCPT", "250 2.1.5 ok", 1);
     fake_smtp_script(e->fake[0], "RCPT", "451 4.2.0 greylisted, try later", 1);
     fake_smtp_script(e->fake[0], "RCPT", "550 5.1.1 no such user", 1);
+    metrics_reset();
     submit_full(e, OUTBOX_REPORT, NULL, rcpts, 3, "partly");
     start_sender(e, &p);
     run_until(e, one_attempt);
+    /* A partial delivery is "deferred" until its last recipient goes; no
+     * latency is observed yet. */
+    assert_true(metric("smtpsync_deliveries_total{priority=\"report\",result=\"delivered\"}") < 0);
+    assert_true(metric("smtpsync_deliveries_total{priority=\"report\",result=\"deferred\"}") == 1);
+    assert_true(metric("smtpsync_delivery_latency_seconds_count{priority=\"report\"}") < 0);
     assert_int_equal(fake_smtp_nmessages(e->fake[0]), 1);
     assert_string_equal(fake_smtp_envelope(e->fake[0], 0), FROM " ok@example.net");
     s = first(e, false);
@@ -932,6 +956,11 @@ static void test_sender_partial_4xx_keeps_the_rest(void **state)
     assert_int_equal(fake_smtp_nmessages(e->fake[0]), 2);
     assert_string_equal(fake_smtp_envelope(e->fake[0], 1), FROM " later@example.net");
     assert_int_equal(ndead(e), 0);
+    /* Then once "delivered", one latency for the message. */
+    assert_true(metric("smtpsync_deliveries_total{priority=\"report\",result=\"delivered\"}") == 1);
+    assert_true(metric("smtpsync_deliveries_total{priority=\"report\",result=\"deferred\"}") == 1);
+    assert_true(metric("smtpsync_delivery_latency_seconds_count{priority=\"report\"}") == 1);
+    metrics_reset();
 }
 
 /* A refusal of the session before the first message (554 greeting, 550 to
