@@ -219,6 +219,9 @@ int peer_connect(uv_loop_t *loop, const char *address, struct mtls_ctx *ctx,
         return rc;
     }
     p->gai_pending = true;
+    /* Called outside a callback (at start), the loop's clock may be old:
+     * the timeout counts from now. */
+    uv_update_time(loop);
     uv_timer_start(&p->timer, peer__on_timer, p->params.handshake_timeout_ms, 0);
     log_debug("peer client %s: connecting, expecting id=%s", p->address,
               p->expected[0] ? p->expected : "(any)");
