@@ -188,46 +188,46 @@ check_run() { # LABEL
 }
 
 # ---- a port taken by another program: refused before anything is made -------
-python3 -c '
+# hold_port HOST PORT: another program listens on HOST:PORT (HOLDER).
+hold_port() {
+    rm -f "$T/holder.ready"
+    python3 -c '
 import socket, sys, time
-s = socket.socket()
+six = ":" in sys.argv[1]
+s = socket.socket(socket.AF_INET6 if six else socket.AF_INET)
+if six:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
+s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(1)
-open(sys.argv[2], "w").close()
-time.sleep(120)' $((BASE + 444)) "$T/holder.ready" &
-HOLDER=$!
-PIDS+=("$HOLDER")
-wait_until 10 test -e "$T/holder.ready" || true
+open(sys.argv[3], "w").close()
+time.sleep(120)' "$1" "$2" "$T/holder.ready" &
+    HOLDER=$!
+    PIDS+=("$HOLDER")
+    wait_until 10 test -e "$T/holder.ready" || true
+}
+
+release_port() {
+    kill "$HOLDER" 2>/dev/null || true
+    wait "$HOLDER" 2>/dev/null || true
+}
+
+hold_port 127.0.0.1 $((BASE + 444))
 run "${demo_env[@]}" timeout 120 "$DEMO"
 assert_exit "a port in use" 1
 assert_contains "a port in use: named" "$ERR" "port $((BASE + 444)) on 127.0.0.1 is in use"
 assert_contains "a port in use: what to change" "$ERR" "SMTPSYNC_DEMO_PORT_BASE"
 assert_true "a port in use: nothing made" test ! -e "$DIR"
-kill "$HOLDER" 2>/dev/null || true
-wait "$HOLDER" 2>/dev/null || true
+release_port
 
 # The same on [::1] only (where Postfix listens too), when the host has it.
 if grep -q '^0\{31\}1 ' /proc/net/if_inet6 2>/dev/null; then
-    rm -f "$T/holder.ready"
-    python3 -c '
-import socket, sys, time
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::1", int(sys.argv[1])))
-s.listen(1)
-open(sys.argv[2], "w").close()
-time.sleep(120)' $((BASE + 465)) "$T/holder.ready" &
-    HOLDER=$!
-    PIDS+=("$HOLDER")
-    wait_until 10 test -e "$T/holder.ready" || true
+    hold_port ::1 $((BASE + 465))
     run "${demo_env[@]}" timeout 120 "$DEMO"
     assert_exit "a port in use on [::1]" 1
     assert_contains "a port in use on [::1]: named" "$ERR" "port $((BASE + 465)) on [::1] is in use"
     assert_true "a port in use on [::1]: nothing made" test ! -e "$DIR"
-    kill "$HOLDER" 2>/dev/null || true
-    wait "$HOLDER" 2>/dev/null || true
+    release_port
 fi
 
 # ---- the first run ----------------------------------------------------------
