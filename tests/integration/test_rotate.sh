@@ -7,7 +7,10 @@
 #    SIGHUP both: each logs that it reloaded its TLS files, serves the new
 #    certificate on its port (the serial openssl s_client sees is the new
 #    ID.pem's), and a settings change saved afterwards reaches the replica
-#    (in-sync at the new revision: no push lost across the swap).
+#    (in-sync at the new revision: no push lost across the swap). Then five
+#    saves, each followed at once by SIGHUP to both while its push is under
+#    way: the replica ends in-sync at the last, the open connection is kept
+#    and no push is refused.
 # 2. A rotation whose new certificate is broken (ID.pem truncated, as by a
 #    full disk) + SIGHUP: the node logs an error, keeps serving the
 #    certificate loaded before, and pushes keep working.
@@ -115,6 +118,26 @@ assert_eq "status: cert_expiry is the rotated certificate's" "${not_after/ /T}" 
 
 step "a change saved after the rotation reaches the replica"
 push_reaches "after the rotation"
+
+step "SIGHUP on both while pushes are under way: none lost, no connection dropped"
+for n in primary site-b; do log_mark "$n"; done
+for i in 1 2 3 4 5; do
+    # push_on_commit: the Delta leaves as the save returns, and the reloads
+    # land while it is on the wire or being applied.
+    save_change primary "during reload $i" || break
+    kill -HUP "${NODE_PID[primary]}" "${NODE_PID[site-b]}"
+done
+wait_same 20 primary site-b
+if wait_until 10 in_sync_at "$SAVED_REV"; then
+    pass
+else
+    fail "after the reloads: site-b not in-sync at $SAVED_REV: $(replica_field primary site-b state)"
+fi
+for n in primary site-b; do
+    assert_true "$n reloaded meanwhile" log_has "$n" "reload: "
+done
+assert_false "the primary's connection to site-b was not dropped" log_has primary "connection to 127.0.0.1"
+assert_false "no push refused" log_has primary "refused the push"
 
 step "a broken rotation (truncated site-b.pem) + SIGHUP keeps the certificate loaded before"
 good_serial=$(file_serial "$PKI/site-b.pem")
