@@ -362,20 +362,6 @@ static bool parse_addr(const char *text, bool allow_zero, struct config_addr *a,
     return true;
 }
 
-/* 127.0.0.0/8, ::1 or "localhost": what is reachable from this host only. */
-static bool host_is_loopback(const char *host)
-{
-    unsigned char a[16];
-
-    if (strcasecmp(host, "localhost") == 0)
-        return true;
-    if (inet_pton(AF_INET, host, a) == 1)
-        return a[0] == 127;
-    if (inet_pton(AF_INET6, host, a) == 1)
-        return memcmp(a, &in6addr_loopback, sizeof(in6addr_loopback)) == 0;
-    return false;
-}
-
 /* ---- id lists ---- */
 
 static void ids_free(struct config_ids *l)
@@ -539,7 +525,7 @@ static bool key_set(const struct config_key *k, void *base, const char *value, c
         }
         if (!parse_addr(value, true, a, why, whylen))
             return false;
-        if (!host_is_loopback(a->host)) {
+        if (!syntax_is_loopback(a->host)) {
             /* The endpoint has no authentication: nothing but this host
              * may reach it. */
             snprintf(why, whylen,

@@ -31,6 +31,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "syntax.h"
 
 /* A scraper needs one connection; a few more allow a curl by hand while
  * Prometheus scrapes. An idle or slow client is dropped after the timeout;
@@ -62,88 +63,41 @@ struct metrics_http {
 
 /* ---- address ---- */
 
-/* Parses HOST:PORT (IPv6 in brackets) into a loopback socket address.
- * "localhost" is 127.0.0.1 without asking the resolver: a hosts file that
- * maps it elsewhere must not move an unauthenticated endpoint off the host. */
-static int parse_address(const char *address, struct sockaddr_storage *ss, socklen_t *sslen,
-                         char *why, size_t whylen)
+/* The socket address of HOST (as config_addr holds it: no brackets) and
+ * PORT, which must be loopback (syntax_is_loopback, the test the config
+ * file makes). "localhost" is 127.0.0.1 without asking the resolver: a
+ * hosts file that maps it elsewhere must not move an unauthenticated
+ * endpoint off the host. */
+static int loopback_address(const char *host, uint16_t port, struct sockaddr_storage *ss,
+                            socklen_t *sslen, char *why, size_t whylen)
 {
     struct sockaddr_in *sin = (struct sockaddr_in *)ss;
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-    char host[64];
-    const char *colon, *p;
-    unsigned long port = 0;
-    bool bracketed = false;
-    size_t hlen;
 
     memset(ss, 0, sizeof(*ss));
-    colon = address != NULL ? strrchr(address, ':') : NULL;
-    if (colon == NULL || colon[1] == '\0') {
-        error_why(why, whylen, "address must be HOST:PORT (IPv6 in brackets: [::1]:9465)");
+    if (host == NULL || !syntax_is_loopback(host)) {
+        /* The endpoint has no authentication: nothing but this host may
+         * reach it. */
+        error_why(why, whylen,
+                  "%.64s is not loopback: metrics are served on 127.0.0.0/8, "
+                  "[::1] or localhost only (the endpoint has no authentication)",
+                  host != NULL ? host : "(none)");
         return ERROR_INVALID;
     }
-    /* Leading zeros are allowed, as the config file's parser allows them
-     * ("00009465"): a value that passes `smtpsyncctl check` must start. */
-    for (p = colon + 1; *p != '\0'; p++) {
-        if (*p < '0' || *p > '9' || port > 65535) {
-            error_why(why, whylen, "port must be a number from 0 to 65535");
-            return ERROR_INVALID;
-        }
-        port = port * 10 + (unsigned long)(*p - '0');
-    }
-    if (port > 65535) {
-        error_why(why, whylen, "port must be a number from 0 to 65535");
-        return ERROR_INVALID;
-    }
-    hlen = (size_t)(colon - address);
-    if (hlen >= 2 && address[0] == '[' && address[hlen - 1] == ']') {
-        address++;
-        hlen -= 2;
-        bracketed = true;
-    } else if (memchr(address, ':', hlen) != NULL) {
-        error_why(why, whylen, "an IPv6 address must be in brackets: [::1]:%lu", port);
-        return ERROR_INVALID;
-    }
-    if (hlen == 0 || hlen >= sizeof(host)) {
-        error_why(why, whylen, "bad host");
-        return ERROR_INVALID;
-    }
-    memcpy(host, address, hlen);
-    host[hlen] = '\0';
-
-    if (!bracketed && strcasecmp(host, "localhost") == 0)
-        snprintf(host, sizeof(host), "127.0.0.1");
-    /* Brackets hold an IPv6 address only ("[127.0.0.1]:0" is refused,
-     * as by the config file). */
-    if (!bracketed && inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-        if ((ntohl(sin->sin_addr.s_addr) >> 24) != 127)
-            goto not_loopback;
+    if (strcasecmp(host, "localhost") == 0)
+        host = "127.0.0.1";
+    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
         sin->sin_family = AF_INET;
-        sin->sin_port = htons((uint16_t)port);
+        sin->sin_port = htons(port);
         *sslen = sizeof(*sin);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
-        if (!IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr))
-            goto not_loopback;
+    } else {
+        /* syntax_is_loopback() said IPv4, IPv6 or localhost. */
+        (void)inet_pton(AF_INET6, host, &sin6->sin6_addr);
         sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((uint16_t)port);
+        sin6->sin6_port = htons(port);
         *sslen = sizeof(*sin6);
-        return 0;
     }
-    if (bracketed) {
-        error_why(why, whylen, "[%.64s] is not an IPv6 address", host);
-        return ERROR_INVALID;
-    }
-not_loopback:
-    memset(ss, 0, sizeof(*ss));
-    /* The endpoint has no authentication: nothing but this host may
-     * reach it. */
-    error_why(why, whylen,
-              "%.64s is not loopback: metrics are served on 127.0.0.0/8, "
-              "[::1] or localhost only (the endpoint has no authentication)",
-              host);
-    return ERROR_INVALID;
+    return 0;
 }
 
 /* "127.0.0.1:9465" or "[::1]:9465" for the log line. */
@@ -375,8 +329,8 @@ static void shut(struct metrics_http *h, void (*done)(void *arg), void *arg)
     h->daemon = NULL;
 }
 
-int metrics_http_start(uv_loop_t *loop, const char *address, metrics_collect_cb collect, void *arg,
-                       struct metrics_http **out, char *why, size_t whylen)
+int metrics_http_start(uv_loop_t *loop, const char *host, uint16_t port, metrics_collect_cb collect,
+                       void *arg, struct metrics_http **out, char *why, size_t whylen)
 {
     const union MHD_DaemonInfo *info;
     struct sockaddr_storage ss;
@@ -386,9 +340,10 @@ int metrics_http_start(uv_loop_t *loop, const char *address, metrics_collect_cb 
     int err, fd;
 
     *out = NULL;
-    err = parse_address(address, &ss, &sslen, why, whylen);
+    err = loopback_address(host, port, &ss, &sslen, why, whylen);
     if (err != 0)
         return err;
+    format_address(&ss, where, sizeof(where));
     h = calloc(1, sizeof(*h));
     if (h == NULL) {
         error_why(why, whylen, "out of memory");
@@ -398,7 +353,7 @@ int metrics_http_start(uv_loop_t *loop, const char *address, metrics_collect_cb 
     h->collect = collect;
     h->arg = arg;
 
-    fd = listen_socket(&ss, sslen, address, why, whylen);
+    fd = listen_socket(&ss, sslen, where, why, whylen);
     if (fd < 0) {
         err = fd;
         goto free_h;
@@ -416,7 +371,7 @@ int metrics_http_start(uv_loop_t *loop, const char *address, metrics_collect_cb 
     if (h->daemon == NULL) {
         /* MHD leaves a socket it was given to the caller when it fails. */
         err = -EIO;
-        error_why(why, whylen, "libmicrohttpd failed to start on %.80s", address);
+        error_why(why, whylen, "libmicrohttpd failed to start on %s", where);
         close(fd);
         goto free_h;
     }
@@ -445,7 +400,7 @@ int metrics_http_start(uv_loop_t *loop, const char *address, metrics_collect_cb 
     }
     run_mhd(h);
 
-    format_address(&ss, where, sizeof(where));
+    format_address(&ss, where, sizeof(where)); /* the real port, after port 0 */
     log_info("metrics: listening on http://%s/metrics", where);
     *out = h;
     return 0;

@@ -19,6 +19,7 @@
 #define SMTPSYNC_METRICS_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <uv.h>
 
@@ -26,11 +27,12 @@
 
 struct metrics_http;
 
-/* Listens on `address` ("127.0.0.1:9465", "[::1]:0"; port 0 picks one).
- * Returns 0, or an error code with `why` saying what went wrong (not
- * loopback, address in use, ...). */
-int metrics_http_start(uv_loop_t *loop, const char *address, metrics_collect_cb collect, void *arg,
-                       struct metrics_http **out, char *why, size_t whylen);
+/* Listens on HOST:PORT as the config file parsed them ([node]
+ * metrics_listen: "127.0.0.1", "::1" without brackets, "localhost"; port 0
+ * picks one). Returns 0, or an error code with `why` saying what went wrong
+ * (not loopback, address in use, ...). */
+int metrics_http_start(uv_loop_t *loop, const char *host, uint16_t port, metrics_collect_cb collect,
+                       void *arg, struct metrics_http **out, char *why, size_t whylen);
 /* The port listened on (useful after port 0). */
 int metrics_http_port(const struct metrics_http *h);
 /* Closes the listener and every connection; `done` runs once the handles

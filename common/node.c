@@ -422,7 +422,7 @@ static int start_metrics(struct node *n)
 
     if (a->text[0] == '\0')
         return 0;
-    err = metrics_http_start(&n->loop, a->text, collect, n, &n->metrics, why, sizeof(why));
+    err = metrics_http_start(&n->loop, a->host, a->port, collect, n, &n->metrics, why, sizeof(why));
     if (err != 0) {
         n->metrics = NULL;
         log_error("cannot serve metrics on %s: %s", a->text, why[0] != '\0' ? why : error_str(err));

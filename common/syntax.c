@@ -93,6 +93,19 @@ static bool dns_name_valid(const char *h, char *why, size_t whylen)
     return true;
 }
 
+bool syntax_is_loopback(const char *host)
+{
+    unsigned char a[16];
+
+    if (strcasecmp(host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, host, a) == 1)
+        return a[0] == 127;
+    if (inet_pton(AF_INET6, host, a) == 1)
+        return memcmp(a, &in6addr_loopback, sizeof(in6addr_loopback)) == 0;
+    return false;
+}
+
 bool syntax_ipv4_valid(const char *s)
 {
     struct in_addr a;

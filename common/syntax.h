@@ -27,6 +27,11 @@ bool syntax_has_control(const char *s);
 
 bool syntax_ipv4_valid(const char *s);
 
+/* True for "localhost" (any case), an IPv4 literal in 127.0.0.0/8 or the
+ * IPv6 literal ::1 (no brackets): addresses only this host can reach. The
+ * name is not resolved, so a hosts file cannot move it elsewhere. */
+bool syntax_is_loopback(const char *host);
+
 /* True if s is IPv6 text, optionally within [ ]; copies the bare address to
  * bare (barelen >= INET6_ADDRSTRLEN + 1 holds any). */
 bool syntax_ipv6_bare(const char *s, char *bare, size_t barelen);

@@ -266,19 +266,19 @@ static void on_async(uv_async_t *async)
     uv_close((uv_handle_t *)async, NULL);
 }
 
-/* Starts the server on `address`, runs the client's script in a thread,
- * stops the server when the client says so, and checks the loop is
- * empty afterwards. */
-static void run_client(struct server *s, const char *address, struct client *c)
+/* Starts the server on `host` (any free port), runs the client's script
+ * in a thread, stops the server when the client says so, and checks the
+ * loop is empty afterwards. */
+static void run_client(struct server *s, const char *host, struct client *c)
 {
     char why[256] = "";
     pthread_t t;
     int err;
 
     assert_int_equal(uv_loop_init(&s->loop), 0);
-    err = metrics_http_start(&s->loop, address, collect, s, &s->h, why, sizeof(why));
+    err = metrics_http_start(&s->loop, host, 0, collect, s, &s->h, why, sizeof(why));
     if (err != 0)
-        fail_msg("metrics_http_start(%s): %s", address, why);
+        fail_msg("metrics_http_start(%s): %s", host, why);
     c->port = metrics_http_port(s->h);
     assert_true(c->port > 0 && c->port <= 65535);
     s->client = c;
@@ -392,7 +392,7 @@ static void test_metrics_http_get_head_404_405(void **state)
     c.requests[c.n++] = "DELETE /metrics HTTP/1.0\r\n\r\n";
     c.requests[c.n++] = "GET /metrics?x=1 HTTP/1.0\r\n\r\n";
     capture_start(&cap);
-    run_client(&s, "127.0.0.1:0", &c);
+    run_client(&s, "127.0.0.1", &c);
     log = capture_end(&cap);
 
     snprintf(expect, sizeof(expect), "metrics: listening on http://127.0.0.1:%d/metrics\n", c.port);
@@ -465,7 +465,7 @@ static void test_metrics_http_malformed_then_ok(void **state)
     c.requests[c.n++] = long_url;
     c.requests[c.n++] = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     capture_start(&cap);
-    run_client(&s, "127.0.0.1:0", &c);
+    run_client(&s, "127.0.0.1", &c);
     log = capture_end(&cap);
     /* What MHD says about them is logged at debug only: any local user
      * can send garbage, and must not flood the log. */
@@ -494,7 +494,7 @@ static void test_metrics_http_malformed_then_ok(void **state)
     d.requests[d.n++] = "GET /metrics HTTP/1.1\r\nHost: x\r\nBad header line\r\n\r\n";
     d.requests[d.n++] = long_url;
     capture_start(&cap);
-    run_client(&sd, "127.0.0.1:0", &d);
+    run_client(&sd, "127.0.0.1", &d);
     log = capture_end(&cap);
     log_init("test_metrics_http", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
     if (strstr(log, "debug metrics_http error=\"") == NULL)
@@ -518,13 +518,13 @@ static void test_metrics_http_ipv6_and_localhost(void **state)
     }
     close(fd);
     c6.requests[c6.n++] = "GET /metrics HTTP/1.0\r\n\r\n";
-    run_client(&s6, "[::1]:0", &c6);
+    run_client(&s6, "::1", &c6);
     assert_int_equal(c6.errors[0], 0);
     assert_int_equal(status_of(c6.responses[0]), 200);
     client_free(&c6);
 
     cl.requests[cl.n++] = "GET /metrics HTTP/1.0\r\n\r\n";
-    run_client(&sl, "localhost:0", &cl);
+    run_client(&sl, "localhost", &cl);
     assert_int_equal(cl.errors[0], 0);
     assert_int_equal(status_of(cl.responses[0]), 200);
     client_free(&cl);
@@ -532,23 +532,14 @@ static void test_metrics_http_ipv6_and_localhost(void **state)
 
 static void test_metrics_http_refuses_bad_addresses(void **state)
 {
+    /* What the config file hands over: a host without brackets. Syntax
+     * errors never get here (config_load refuses them, unit_node_metrics
+     * checks both agree); anything that is not loopback, whatever its
+     * form, is refused here too. */
     static const char *const not_loopback[] = {
-        "10.1.2.3:9465",    "0.0.0.0:9465",       "[::]:1",
-        "192.168.1.1:0",    "[2001:db8::1]:9465", "[::ffff:127.0.0.1]:9465",
-        "example.com:9465", "128.0.0.1:9465",
-    };
-    static const char *const malformed[] = {
-        "127.0.0.1",
-        "127.0.0.1:",
-        "127.0.0.1:65536",
-        "127.0.0.1:-1",
-        "127.0.0.1:12a",
-        "::1:9465",
-        "[::1]",
-        ":9465",
-        "",
-        "[::1:9465",
-        "127.0.0.1:1234567",
+        "10.1.2.3",    "0.0.0.0",    "::",     "192.168.1.1", "2001:db8::1", "::ffff:127.0.0.1",
+        "example.com", "128.0.0.1",  "",       "[::1]",       "localhost.",  "127.0.0.1:9465",
+        "127.1",       "0177.0.0.1", "::1%lo",
     };
     struct metrics_http *h = (struct metrics_http *)&h;
     uv_loop_t loop;
@@ -559,20 +550,17 @@ static void test_metrics_http_refuses_bad_addresses(void **state)
     assert_int_equal(uv_loop_init(&loop), 0);
     for (size_t i = 0; i < sizeof(not_loopback) / sizeof(not_loopback[0]); i++) {
         why[0] = '\0';
-        err = metrics_http_start(&loop, not_loopback[i], collect, NULL, &h, why, sizeof(why));
+        err = metrics_http_start(&loop, not_loopback[i], 9465, collect, NULL, &h, why, sizeof(why));
         assert_int_equal(err, ERROR_INVALID);
         assert_null(h);
         if (strstr(why, "not loopback") == NULL)
             fail_msg("%s: why=\"%s\"", not_loopback[i], why);
     }
-    for (size_t i = 0; i < sizeof(malformed) / sizeof(malformed[0]); i++) {
-        why[0] = '\0';
-        err = metrics_http_start(&loop, malformed[i], collect, NULL, &h, why, sizeof(why));
-        assert_int_equal(err, ERROR_INVALID);
-        assert_null(h);
-        if (why[0] == '\0')
-            fail_msg("%s: no reason given", malformed[i]);
-    }
+    why[0] = '\0';
+    assert_int_equal(metrics_http_start(&loop, NULL, 0, collect, NULL, &h, why, sizeof(why)),
+                     ERROR_INVALID);
+    assert_null(h);
+    assert_non_null(strstr(why, "not loopback"));
     /* Nothing was left on the loop. */
     assert_int_equal(uv_run(&loop, UV_RUN_NOWAIT), 0);
     assert_int_equal(uv_loop_close(&loop), 0);
@@ -584,6 +572,7 @@ static void test_metrics_http_address_in_use(void **state)
     struct metrics_http *h = NULL;
     socklen_t len = sizeof(sin);
     char address[64], why[256] = "";
+    uint16_t port;
     uv_loop_t loop;
     int fd, err;
 
@@ -594,10 +583,11 @@ static void test_metrics_http_address_in_use(void **state)
     assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
     assert_int_equal(listen(fd, 1), 0);
     assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-    snprintf(address, sizeof(address), "127.0.0.1:%u", ntohs(sin.sin_port));
+    port = ntohs(sin.sin_port);
+    snprintf(address, sizeof(address), "127.0.0.1:%u", port);
 
     assert_int_equal(uv_loop_init(&loop), 0);
-    err = metrics_http_start(&loop, address, collect, NULL, &h, why, sizeof(why));
+    err = metrics_http_start(&loop, "127.0.0.1", port, collect, NULL, &h, why, sizeof(why));
     assert_int_equal(err, -EADDRINUSE);
     assert_null(h);
     assert_non_null(strstr(why, address));
@@ -613,7 +603,7 @@ static void test_metrics_http_stop_with_idle_connection(void **state)
     struct client c = {.family = AF_INET, .idle = 1, .idle_result = -1};
 
     (void)state;
-    run_client(&s, "127.0.0.1:0", &c);
+    run_client(&s, "127.0.0.1", &c);
     /* The server closed the half-open request when it stopped. */
     assert_int_equal(c.idle_result, 0);
 }
@@ -628,7 +618,7 @@ static void test_metrics_http_slow_client_times_out(void **state)
 
     (void)state;
     c.requests[c.n++] = "GET /metrics HTTP/1.0\r\n\r\n";
-    run_client(&s, "127.0.0.1:0", &c);
+    run_client(&s, "127.0.0.1", &c);
     assert_int_equal(c.slow_result, 0);
     if (c.slow_ms < 9000 || c.slow_ms > 15000)
         fail_msg("slow client closed after %ld ms, expected about 10 s", c.slow_ms);
@@ -647,7 +637,7 @@ static void test_metrics_http_answers_after_limit_flood(void **state)
     struct client c = {.family = AF_INET, .flood = FLOOD_LIMIT, .flood_result = -1};
 
     (void)state;
-    run_client(&s, "127.0.0.1:0", &c);
+    run_client(&s, "127.0.0.1", &c);
     if (c.flood_result != 0)
         fail_msg("GET after the flood: %s", strerror(-c.flood_result));
     assert_int_equal(status_of(c.flood_resp), 200);
@@ -665,7 +655,7 @@ static void test_metrics_http_answers_after_slowloris(void **state)
     struct client c = {.family = AF_INET, .flood = FLOOD_SLOWLORIS, .flood_result = -1};
 
     (void)state;
-    run_client(&s, "127.0.0.1:0", &c);
+    run_client(&s, "127.0.0.1", &c);
     if (c.flood_result != 0)
         fail_msg("GET after the slow clients: %s", strerror(-c.flood_result));
     assert_int_equal(status_of(c.flood_resp), 200);
@@ -683,7 +673,7 @@ static void test_metrics_http_stop_at_once(void **state)
     (void)state;
     assert_int_equal(uv_loop_init(&s.loop), 0);
     assert_int_equal(
-        metrics_http_start(&s.loop, "127.0.0.1:0", collect, &s, &s.h, why, sizeof(why)), 0);
+        metrics_http_start(&s.loop, "127.0.0.1", 0, collect, &s, &s.h, why, sizeof(why)), 0);
     metrics_http_stop(s.h, on_stopped, &s);
     assert_int_equal(s.stopped, 0); /* not before the handles are closed */
     assert_int_equal(uv_run(&s.loop, UV_RUN_DEFAULT), 0);
