@@ -67,33 +67,30 @@ static const double latency_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 /* ---- the event tables (process-wide, see the top of the file) ---- */
 
-/* Label values are malloc'd copies, except in the overflow slot, whose
- * values are the constant OVERFLOW_VALUE and are never freed. */
-struct counter_series {
-    char *a, *b;
-    uint64_t value;
+/* The label sets of one family. Slots 0..n-1 hold them in order of first
+ * event, as malloc'd copies; slot METRICS_MAX_SERIES is the overflow
+ * series ("other"; constant, never freed), used once the others are full
+ * or a copy could not be allocated. A histogram's second value is "". */
+struct series_keys {
+    size_t n;
+    bool overflow_used;
+    char *a[METRICS_MAX_SERIES + 1], *b[METRICS_MAX_SERIES + 1];
 };
 
-struct histogram_series {
-    char *a;
+struct counter_family {
+    struct series_keys k;
+    uint64_t value[METRICS_MAX_SERIES + 1];
+};
+
+struct histogram_values {
     uint64_t buckets[LATENCY_BUCKETS + 1]; /* per bucket, not cumulative; last is +Inf */
     uint64_t count;
     double sum;
 };
 
-/* Slots 0..n-1 are the series in order of first event; slot
- * METRICS_MAX_SERIES is the overflow series, used once the others are
- * full (or a label copy could not be allocated). */
-struct counter_family {
-    size_t n;
-    bool overflow_used;
-    struct counter_series series[METRICS_MAX_SERIES + 1];
-};
-
 struct histogram_family {
-    size_t n;
-    bool overflow_used;
-    struct histogram_series series[METRICS_MAX_SERIES + 1];
+    struct series_keys k;
+    struct histogram_values v[METRICS_MAX_SERIES + 1];
 };
 
 static struct counter_family counters[METRICS_COUNTER_COUNT];
@@ -104,89 +101,85 @@ static bool same(const char *x, const char *y)
     return strcmp(x, y) == 0;
 }
 
-static struct counter_series *counter_find(struct counter_family *f, const char *a, const char *b)
+/* The slot of label values (a, b), taken now if they are new: *fresh then
+ * says so, and the caller zeroes the slot's figures. The overflow series is
+ * ("other", "other") for a family of two labels, ("other", "") for one. */
+static size_t series_slot(struct series_keys *k, const char *a, const char *b, bool two,
+                          bool *fresh)
 {
-    struct counter_series *s;
+    const char *ob = two ? OVERFLOW_VALUE : "";
     char *ca, *cb;
 
-    for (size_t i = 0; i < f->n; i++)
-        if (same(f->series[i].a, a) && same(f->series[i].b, b))
-            return &f->series[i];
-    if (f->overflow_used && same(a, OVERFLOW_VALUE) && same(b, OVERFLOW_VALUE))
-        return &f->series[METRICS_MAX_SERIES];
-    if (f->n < METRICS_MAX_SERIES) {
+    *fresh = false;
+    for (size_t i = 0; i < k->n; i++)
+        if (same(k->a[i], a) && same(k->b[i], b))
+            return i;
+    if (k->overflow_used && same(a, OVERFLOW_VALUE) && same(b, ob))
+        return METRICS_MAX_SERIES;
+    if (k->n < METRICS_MAX_SERIES) {
         ca = strdup(a);
         cb = strdup(b);
         if (ca != NULL && cb != NULL) {
-            s = &f->series[f->n++];
-            s->a = ca;
-            s->b = cb;
-            s->value = 0;
-            return s;
+            k->a[k->n] = ca;
+            k->b[k->n] = cb;
+            *fresh = true;
+            return k->n++;
         }
         free(ca);
         free(cb);
     }
     /* A series that already carries the overflow values absorbs the rest,
      * so the same label set is never written twice. */
-    for (size_t i = 0; i < f->n; i++)
-        if (same(f->series[i].a, OVERFLOW_VALUE) && same(f->series[i].b, OVERFLOW_VALUE))
-            return &f->series[i];
-    s = &f->series[METRICS_MAX_SERIES];
-    if (!f->overflow_used) {
-        f->overflow_used = true;
-        s->a = (char *)OVERFLOW_VALUE;
-        s->b = (char *)OVERFLOW_VALUE;
-        s->value = 0;
+    for (size_t i = 0; i < k->n; i++)
+        if (same(k->a[i], OVERFLOW_VALUE) && same(k->b[i], ob))
+            return i;
+    if (!k->overflow_used) {
+        k->overflow_used = true;
+        k->a[METRICS_MAX_SERIES] = (char *)OVERFLOW_VALUE;
+        k->b[METRICS_MAX_SERIES] = two ? (char *)OVERFLOW_VALUE : (char *)"";
+        *fresh = true;
     }
-    return s;
+    return METRICS_MAX_SERIES;
 }
 
-static struct histogram_series *histogram_find(struct histogram_family *f, const char *a)
+static bool series_used(const struct series_keys *k, size_t i)
 {
-    struct histogram_series *s;
-    char *ca;
+    return i == METRICS_MAX_SERIES ? k->overflow_used : i < k->n;
+}
 
-    for (size_t i = 0; i < f->n; i++)
-        if (same(f->series[i].a, a))
-            return &f->series[i];
-    if (f->overflow_used && same(a, OVERFLOW_VALUE))
-        return &f->series[METRICS_MAX_SERIES];
-    if (f->n < METRICS_MAX_SERIES && (ca = strdup(a)) != NULL) {
-        s = &f->series[f->n++];
-        memset(s, 0, sizeof(*s));
-        s->a = ca;
-        return s;
+static void series_free(struct series_keys *k)
+{
+    for (size_t i = 0; i < k->n; i++) {
+        free(k->a[i]);
+        free(k->b[i]);
     }
-    for (size_t i = 0; i < f->n; i++)
-        if (same(f->series[i].a, OVERFLOW_VALUE))
-            return &f->series[i];
-    s = &f->series[METRICS_MAX_SERIES];
-    if (!f->overflow_used) {
-        f->overflow_used = true;
-        memset(s, 0, sizeof(*s));
-        s->a = (char *)OVERFLOW_VALUE;
-    }
-    return s;
 }
 
 void metrics_count(enum metrics_counter id, const char *a, const char *b, uint64_t n)
 {
-    struct counter_series *s;
+    struct counter_family *f;
+    uint64_t *v;
+    bool fresh;
 
     if ((unsigned)id >= METRICS_COUNTER_COUNT)
         return;
     if (counter_desc[id].labels[1] == NULL)
         b = NULL;
-    s = counter_find(&counters[id], a != NULL ? a : "", b != NULL ? b : "");
+    f = &counters[id];
+    v = &f->value[series_slot(&f->k, a != NULL ? a : "", b != NULL ? b : "",
+                              counter_desc[id].labels[1] != NULL, &fresh)];
+    if (fresh)
+        *v = 0;
     /* A counter saturates rather than wrapping: a wrap would read as a
      * reset to rate(). */
-    s->value = n > UINT64_MAX - s->value ? UINT64_MAX : s->value + n;
+    *v = n > UINT64_MAX - *v ? UINT64_MAX : *v + n;
 }
 
 void metrics_observe(enum metrics_histogram id, const char *a, double seconds)
 {
-    struct histogram_series *s;
+    struct histogram_family *f;
+    struct histogram_values *s;
+    bool fresh;
     size_t i;
 
     /* A NaN would poison _sum for the life of the process; a negative
@@ -195,7 +188,10 @@ void metrics_observe(enum metrics_histogram id, const char *a, double seconds)
         return;
     if (seconds < 0)
         seconds = 0;
-    s = histogram_find(&histograms[id], a != NULL ? a : "");
+    f = &histograms[id];
+    s = &f->v[series_slot(&f->k, a != NULL ? a : "", "", false, &fresh)];
+    if (fresh)
+        memset(s, 0, sizeof(*s));
     for (i = 0; i < LATENCY_BUCKETS && seconds > latency_bounds[i]; i++)
         ;
     s->buckets[i]++;
@@ -228,15 +224,11 @@ const char *metrics_tls_reason(long verify_result)
 void metrics_reset(void)
 {
     for (size_t f = 0; f < METRICS_COUNTER_COUNT; f++) {
-        for (size_t i = 0; i < counters[f].n; i++) {
-            free(counters[f].series[i].a);
-            free(counters[f].series[i].b);
-        }
+        series_free(&counters[f].k);
         memset(&counters[f], 0, sizeof(counters[f]));
     }
     for (size_t f = 0; f < METRICS_HISTOGRAM_COUNT; f++) {
-        for (size_t i = 0; i < histograms[f].n; i++)
-            free(histograms[f].series[i].a);
+        series_free(&histograms[f].k);
         memset(&histograms[f], 0, sizeof(histograms[f]));
     }
 }
@@ -409,14 +401,12 @@ static void render_counter(struct metrics_out *o, enum metrics_counter id)
 
     metrics_family(o, d->name, METRICS_COUNTER, d->help);
     for (size_t i = 0; i <= METRICS_MAX_SERIES; i++) {
-        const struct counter_series *s = &f->series[i];
-
-        if (i == METRICS_MAX_SERIES ? !f->overflow_used : i >= f->n)
+        if (!series_used(&f->k, i))
             continue;
-        snprintf(num, sizeof(num), "%" PRIu64, s->value);
+        snprintf(num, sizeof(num), "%" PRIu64, f->value[i]);
         out_sample(o, d->name,
-                   (const char *const[]){d->labels[0], s->a, d->labels[1],
-                                         d->labels[1] != NULL ? s->b : NULL, NULL},
+                   (const char *const[]){d->labels[0], f->k.a[i], d->labels[1],
+                                         d->labels[1] != NULL ? f->k.b[i] : NULL, NULL},
                    NULL, NULL, num);
     }
 }
@@ -429,11 +419,11 @@ static void render_histogram(struct metrics_out *o, enum metrics_histogram id)
 
     metrics_family(o, d->name, METRICS_HISTOGRAM, d->help);
     for (size_t i = 0; i <= METRICS_MAX_SERIES; i++) {
-        const struct histogram_series *s = &f->series[i];
-        const char *const labels[] = {d->labels[0], s->a, NULL};
+        const struct histogram_values *s = &f->v[i];
+        const char *const labels[] = {d->labels[0], f->k.a[i], NULL};
         uint64_t cumulative = 0;
 
-        if (i == METRICS_MAX_SERIES ? !f->overflow_used : i >= f->n)
+        if (!series_used(&f->k, i))
             continue;
         snprintf(name, sizeof(name), "%s_bucket", d->name);
         for (size_t b = 0; b <= LATENCY_BUCKETS; b++) {
