@@ -361,12 +361,7 @@ int mtls_ctx_load(const char *ca, const char *cert, const char *key, struct mtls
     }
     if ((rc = mtls_make_store(ca, cas, &store, why, whylen)) < 0)
         goto done;
-    c->ca_not_after = -1;
-    for (int i = 0; i < sk_X509_num(cas); i++) {
-        time_t t = (time_t)pem_not_after(sk_X509_value(cas, i));
-        if (t >= 0 && (c->ca_not_after < 0 || t < c->ca_not_after))
-            c->ca_not_after = t;
-    }
+    c->ca_not_after = (time_t)pem_earliest_not_after(cas);
     rc = -ENOMEM;
     chain = sk_X509_new_null();
     if (chain == NULL)

@@ -200,11 +200,7 @@ static long long smtp_trusted_expiry(const struct node_metrics_source *src)
     if (store_get(src->store, src->node_id, 0, 0, &s) == 0 && s.trust_certificate != NULL &&
         pem_read_certs(s.trust_certificate, strlen(s.trust_certificate), &certs, why,
                        sizeof(why)) == 0) {
-        for (int i = 0; i < sk_X509_num(certs); i++) {
-            long long t = pem_not_after(sk_X509_value(certs, i));
-            if (t >= 0 && (earliest < 0 || t < earliest))
-                earliest = t;
-        }
+        earliest = pem_earliest_not_after(certs);
         sk_X509_pop_free(certs, X509_free);
     }
     settings_clear(&s);

@@ -328,6 +328,19 @@ long long pem_not_after(X509 *cert)
     return asn1_time_unix(X509_get0_notAfter(cert));
 }
 
+long long pem_earliest_not_after(STACK_OF(X509) *certs)
+{
+    long long earliest = -1;
+
+    for (int i = 0; i < sk_X509_num(certs); i++) {
+        long long t = pem_not_after(sk_X509_value(certs, i));
+
+        if (t >= 0 && (earliest < 0 || t < earliest))
+            earliest = t;
+    }
+    return earliest;
+}
+
 /*
  * A leaf is a server certificate the hostname must match: one that is not a
  * CA, or a self-signed one that names hosts in a subjectAltName (openssl req

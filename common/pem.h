@@ -30,6 +30,9 @@ void pem_subject(X509 *cert, char *buf, size_t len);
 /* notAfter / notBefore as Unix time; -1 if it cannot be read. */
 long long pem_not_after(X509 *cert);
 long long pem_not_before(X509 *cert);
+/* The earliest notAfter of a bundle, the date it needs attention by; -1
+ * if none can be read. */
+long long pem_earliest_not_after(STACK_OF(X509) *certs);
 
 /*
  * A leaf is a server certificate the hostname must match: one that is not a

@@ -666,8 +666,8 @@ static void format_certificate(const char *pem, char *out, size_t len)
 {
     STACK_OF(X509) *certs = NULL;
     char why[200], subject[128], date[64];
-    long long earliest = -1;
-    int i, n;
+    long long earliest;
+    int n;
 
     if (pem_read_certs(pem, strnlen(pem, SETTINGS_PEM_MAX + 1), &certs, why, sizeof(why)) < 0) {
         snprintf(out, len, "not a valid certificate bundle (%zu bytes)",
@@ -675,13 +675,7 @@ static void format_certificate(const char *pem, char *out, size_t len)
         return;
     }
     n = sk_X509_num(certs);
-    /* The earliest expiry is the date the bundle needs attention by. */
-    for (i = 0; i < n; i++) {
-        long long t = pem_not_after(sk_X509_value(certs, i));
-
-        if (t >= 0 && (earliest < 0 || t < earliest))
-            earliest = t;
-    }
+    earliest = pem_earliest_not_after(certs);
     pem_subject(sk_X509_value(certs, 0), subject, sizeof(subject));
     settings__format_date(earliest, date, sizeof(date));
     if (earliest >= 0)
