@@ -47,11 +47,6 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static const char *priority_name(enum outbox_priority p)
-{
-    return p == OUTBOX_TOKENCODE ? "tokencode" : "report";
-}
-
 /* ---- submissions ---- */
 
 static void submission_free(struct node_intake_submission *s)
@@ -176,7 +171,7 @@ static void answer(struct node_intake_submission *s, uint64_t id, int err)
 {
     if (err == 0) {
         log_info("submission accepted id=%" PRIu64 " uid=%u rcpts=%zu size=%zu priority=%s", id,
-                 s->uid, s->nrcpts, s->message_len, priority_name(s->priority));
+                 s->uid, s->nrcpts, s->message_len, outbox_priority_name(s->priority));
         submit_reply_send(s->req, id, NULL);
     } else {
         char why[200];

@@ -160,11 +160,13 @@ static void write_outbox(struct metrics_out *o, const struct node_metrics_source
     if (!have)
         return;
     metrics_sample(o, "smtpsync_outbox_messages",
-                   (const char *[]){"priority", "tokencode", "state", "pending", NULL},
+                   (const char *[]){"priority", outbox_priority_name(OUTBOX_TOKENCODE), "state",
+                                    "pending", NULL},
                    (double)d.pending[OUTBOX_TOKENCODE]);
-    metrics_sample(o, "smtpsync_outbox_messages",
-                   (const char *[]){"priority", "report", "state", "pending", NULL},
-                   (double)d.pending[OUTBOX_REPORT]);
+    metrics_sample(
+        o, "smtpsync_outbox_messages",
+        (const char *[]){"priority", outbox_priority_name(OUTBOX_REPORT), "state", "pending", NULL},
+        (double)d.pending[OUTBOX_REPORT]);
     metrics_sample(o, "smtpsync_outbox_messages", (const char *[]){"state", "dead", NULL},
                    (double)d.dead);
 }

@@ -312,6 +312,17 @@ void outbox_close(struct outbox *ob)
     free(ob);
 }
 
+const char *outbox_priority_name(enum outbox_priority p)
+{
+    switch (p) {
+    case OUTBOX_TOKENCODE:
+        return "tokencode";
+    case OUTBOX_REPORT:
+        return "report";
+    }
+    return "unknown";
+}
+
 void outbox_set_expiry(struct outbox *ob, const struct outbox_expiry *e)
 {
     ob->expiry.tokencode_ms = e->tokencode_ms > 0 ? e->tokencode_ms : OUTBOX_TOKENCODE_TTL;

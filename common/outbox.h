@@ -41,6 +41,10 @@ enum outbox_priority {
     OUTBOX_REPORT = 2,
 };
 
+/* "tokencode" or "report", as `send --priority`, `queue`, the logs and the
+ * metrics name them; "unknown" for any other value. */
+const char *outbox_priority_name(enum outbox_priority p);
+
 struct outbox;
 
 struct outbox_params {

@@ -583,12 +583,6 @@ void sender__release(struct sender *s, struct sender_item *item)
     sender_item_free(item);
 }
 
-/* The priority label of the delivery metrics (as `queue` names them). */
-static const char *priority_label(enum outbox_priority p)
-{
-    return p == OUTBOX_TOKENCODE ? "tokencode" : "report";
-}
-
 static uint64_t sender_backoff(struct sender *s, const struct outbox_msg *m)
 {
     return backoff_delay(s->retry_initial_ms, s->retry_max_ms, m->attempts + 1, &s->rng);
@@ -642,8 +636,8 @@ void sender__delivered(struct sender *s, struct sender_session *sess, struct sen
      * submission to the last 250.
      */
     if (nkeep == 0) {
-        metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "delivered", 1);
-        metrics_observe(METRICS_DELIVERY_LATENCY, priority_label(m->priority),
+        metrics_count(METRICS_DELIVERIES, outbox_priority_name(m->priority), "delivered", 1);
+        metrics_observe(METRICS_DELIVERY_LATENCY, outbox_priority_name(m->priority),
                         (double)(sender__now(s) - m->created_ms) / 1000.0);
         sender_result_add(s, m->id, OUTBOX_DELIVERED, 0, NULL, NULL, 0);
         sender_item_free(item);
@@ -661,7 +655,7 @@ void sender__delivered(struct sender *s, struct sender_session *sess, struct sen
              m->id, m->attempts + 1, nkeep, (delay + 999) / 1000,
              log_quote(quoted, sizeof(quoted), error));
     s->stats.deferred++;
-    metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "deferred", 1);
+    metrics_count(METRICS_DELIVERIES, outbox_priority_name(m->priority), "deferred", 1);
     sender__set_last_error(s, error);
     sender_result_add(s, m->id, OUTBOX_DEFER, sender__now(s) + (int64_t)delay, error, m, nkeep);
     item->m = NULL; /* the result holds it until the commit */
@@ -685,12 +679,12 @@ void sender__failed(struct sender *s, struct sender_item *item, bool temporary, 
         log_info("deferred id=%" PRIu64 " attempt=%" PRIu32 " next_try_in=%" PRIu64 "s reason=%s",
                  m->id, m->attempts + 1, (delay + 999) / 1000, quoted);
         s->stats.deferred++;
-        metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "deferred", 1);
+        metrics_count(METRICS_DELIVERIES, outbox_priority_name(m->priority), "deferred", 1);
         sender_result_add(s, m->id, OUTBOX_DEFER, now + (int64_t)delay, reason, NULL, 0);
     } else {
         log_warnx("dead id=%" PRIu64 " reason=%s", m->id, quoted);
         s->stats.dead++;
-        metrics_count(METRICS_DELIVERIES, priority_label(m->priority), "dead", 1);
+        metrics_count(METRICS_DELIVERIES, outbox_priority_name(m->priority), "dead", 1);
         sender_result_add(s, m->id, OUTBOX_DEAD, 0, reason, NULL, 0);
     }
     sender__set_last_error(s, reason);

@@ -3,6 +3,7 @@
  * drop. Everything goes through the submission socket (submit_call), so
  * the daemon, which owns the outbox, does the work.
  */
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "ctl.h"
 #include "ctl_output.h"
 #include "error.h"
+#include "outbox.h"
 #include "submit.h"
 
 const char ctl_queue_usage[] =
@@ -68,16 +70,13 @@ static int call(const struct ctl *ctl, const char *what, Smtpsync__Frame *req,
     return CTL_EXIT_OK;
 }
 
+/* The outbox's priorities are the protocol's (outbox.h). */
+static_assert((int)OUTBOX_TOKENCODE == (int)SMTPSYNC__PRIORITY__PRIORITY_TOKENCODE, "priorities");
+static_assert((int)OUTBOX_REPORT == (int)SMTPSYNC__PRIORITY__PRIORITY_REPORT, "priorities");
+
 static const char *priority_name(Smtpsync__Priority p)
 {
-    switch (p) {
-    case SMTPSYNC__PRIORITY__PRIORITY_TOKENCODE:
-        return "tokencode";
-    case SMTPSYNC__PRIORITY__PRIORITY_REPORT:
-        return "report";
-    default:
-        return "unknown";
-    }
+    return outbox_priority_name((enum outbox_priority)p);
 }
 
 static int64_t now_ms(void)
