@@ -9,6 +9,10 @@
 #   ctl ARGS...            run "$SMTPSYNCCTL" --data-dir "$DATA" ARGS...
 #   ctl_in TEXT ARGS...    the same with TEXT on stdin
 #   SRC, BUILD, PRIMARY, REPLICA   the source tree, the build, the daemons
+#   daemon_start BIN NAME CONF [ARGS...]   a daemon in the background
+#                          (stdout $T/NAME.out, stderr $T/NAME.log), up once
+#                          daemon_up NAME succeeds: by default `queue`
+#                          answers on $T/NAME.sock (a script may redefine it)
 #   mtls_primary_conf NAME PKI   writes $T/NAME.conf: a primary with [tls]
 #                          from PKI (admin alice), on free ports PORT
 #                          (mTLS) and MPORT (metrics), data in $T/NAME.data
@@ -22,7 +26,18 @@ set -u
 : "${SMTPSYNCCTL:?set SMTPSYNCCTL to the smtpsyncctl binary}"
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/smtpsync-cli.XXXXXX")
-trap 'rm -rf "$T"' EXIT
+# Daemons a script starts, by name (daemon_start, or PID[NAME]=$! by
+# hand): killed on exit, whatever happens.
+declare -A PID=()
+# shellcheck disable=SC2317 # run by the EXIT trap
+lib_exit() {
+    local p
+    for p in "${PID[@]}"; do
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    rm -rf "$T"
+}
+trap lib_exit EXIT
 DATA=$T/data
 # shellcheck source-path=SCRIPTDIR/../tools source=assert.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/../tools/assert.sh"
@@ -69,4 +84,25 @@ key = $pki/primary.key
 [admin]
 super_admins = alice
 EOF
+}
+
+daemon_up() {
+    [ -S "$T/$1.sock" ] && "$SMTPSYNCCTL" --socket "$T/$1.sock" queue >/dev/null 2>&1
+}
+
+daemon_start() {
+    local bin=$1 name=$2 conf=$3 i
+    shift 3
+    "$bin" --config "$conf" "$@" >"$T/$name.out" 2>>"$T/$name.log" </dev/null &
+    PID[$name]=$!
+    for ((i = 0; i < 100; i++)); do
+        if daemon_up "$name"; then
+            pass
+            return 0
+        fi
+        kill -0 "${PID[$name]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    fail "$name did not come up: $(tail -n 20 "$T/$name.log")"
+    return 1
 }

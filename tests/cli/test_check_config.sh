@@ -24,13 +24,6 @@ EX=$SRC/deploy/examples
 PKI=$T/pki
 "$SRC/tests/tools/make-pki.sh" -a alice "$PKI" primary site-b >/dev/null
 
-DAEMON_PID=
-# shellcheck disable=SC2317 # run by the EXIT trap
-cleanup() {
-    [ -n "$DAEMON_PID" ] && kill -KILL "$DAEMON_PID" 2>/dev/null
-    rm -rf "$T"
-}
-trap cleanup EXIT
 
 # check BIN FILE [ARGS...]: runs the check on FILE.
 check() {
@@ -223,7 +216,7 @@ assert_false "bad files: data_dir not made" test -e "$T/bad.nodata"
 mtls_primary_conf live "$PKI"
 mkdir -p "$T/live.data"
 "$PRIMARY" --config "$T/live.conf" >"$T/live.out" 2>"$T/live.log" </dev/null &
-DAEMON_PID=$!
+PID['live']=$!
 # shellcheck disable=SC2317 # called through wait_until
 answers() {
     "$SMTPSYNCCTL" --socket "$T/live.sock" queue --json >/dev/null 2>&1
@@ -246,7 +239,7 @@ assert_eq "beside the daemon: nothing on stderr" "" "$ERR"
 check "$REPLICA" "$T/live.conf"
 assert_exit "beside the daemon, by smtpsync-replica: ok" 0
 sleep 0.3
-assert_true "the daemon still runs" kill -0 "$DAEMON_PID"
+assert_true "the daemon still runs" kill -0 "${PID[live]}"
 assert_eq "data_dir, lock and socket untouched" "$before" "$(snapshot)"
 assert_eq "the daemon logged nothing more" "$log_before" "$(cat "$T/live.log")"
 run "$SMTPSYNCCTL" --socket "$T/live.sock" queue --json
@@ -268,11 +261,11 @@ printf '[sender]\nmax_sessions = none\n' >>"$T/live.conf"
 check "$PRIMARY" "$T/live.conf"
 assert_exit "beside the daemon, a bad file: exit 2" 2
 assert_match "beside the daemon, a bad file: the problem" "$ERR" "^smtpsync-primary: $T/live.conf:14: .*max_sessions"
-assert_true "the daemon still runs after a failed check" kill -0 "$DAEMON_PID"
-kill -TERM "$DAEMON_PID"
+assert_true "the daemon still runs after a failed check" kill -0 "${PID[live]}"
+kill -TERM "${PID[live]}"
 rc=0
-wait "$DAEMON_PID" || rc=$?
-DAEMON_PID=
+wait "${PID[live]}" || rc=$?
+unset 'PID[live]'
 assert_eq "the daemon stops cleanly" 0 "$rc"
 assert_not_contains "the daemon: no sanitizer report" "$(cat "$T/live.log")" "Sanitizer"
 finish

@@ -20,7 +20,6 @@ for bin in "$PRIMARY" "$REPLICA"; do
 done
 
 PW='Daemon-7788-osprey-UNIQUE-pw'
-declare -A PID
 
 # write_config NAME ID [LINES...]: $T/NAME.ini with its own data dir and socket.
 write_config() {
@@ -36,24 +35,9 @@ write_config() {
     } >"$T/$name.ini"
 }
 
-# start BIN NAME [ARGS...]: runs the daemon in the background (stderr to
-# $T/NAME.log) and waits until `queue` answers on its socket.
+# start BIN NAME [ARGS...]: the daemon on $T/NAME.ini (lib.sh's daemon_start).
 start() {
-    local bin=$1 name=$2 i
-    shift 2
-    "$bin" --config "$T/$name.ini" "$@" >"$T/$name.out" 2>>"$T/$name.log" </dev/null &
-    PID[$name]=$!
-    for ((i = 0; i < 100; i++)); do
-        if [ -S "$T/$name.sock" ] &&
-            "$SMTPSYNCCTL" --socket "$T/$name.sock" queue >/dev/null 2>&1; then
-            pass
-            return 0
-        fi
-        kill -0 "${PID[$name]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    fail "$name did not come up: $(tail -n 20 "$T/$name.log")"
-    return 1
+    daemon_start "$1" "$2" "$T/$2.ini" "${@:3}"
 }
 
 # stop NAME SIGNAL: sends the signal and expects exit 0 within a second.
@@ -92,7 +76,6 @@ q() {
     run "$SMTPSYNCCTL" --socket "$T/$1.sock" queue "${@:2}"
 }
 
-trap 'for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
 
 # ---- command line ----
 

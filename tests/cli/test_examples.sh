@@ -136,34 +136,11 @@ localize() {
         bash -c "! grep -Eq '^[a-z_]+ = (/etc|/var|/run)' '$T/$name.conf'"
 }
 
-declare -A PID=()
-# shellcheck disable=SC2317 # run by the EXIT trap
-cleanup() {
-    local name
-    for name in "${!PID[@]}"; do
-        kill -KILL "${PID[$name]}" 2>/dev/null || true
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-
-# start BIN NAME: runs the daemon on $T/NAME.conf until it logs its start
+# start BIN NAME: the daemon on $T/NAME.conf, up once it logs its start
 # and answers `queue` on its socket.
 start() {
-    local bin=$1 name=$2 i
-    "$bin" --config "$T/$name.conf" >"$T/$name.out" 2>"$T/$name.log" </dev/null &
-    PID[$name]=$!
-    for ((i = 0; i < 100; i++)); do
-        if grep -qs 'started role=' "$T/$name.log" && [ -S "$T/$name.sock" ] &&
-            "$SMTPSYNCCTL" --socket "$T/$name.sock" queue >/dev/null 2>&1; then
-            pass
-            return 0
-        fi
-        kill -0 "${PID[$name]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    fail "$name did not start with the example config: $(tail -n 20 "$T/$name.log")"
-    return 1
+    daemon_start "$1" "$2" "$T/$2.conf" || return 1
+    assert_true "$2 logs its start with the example config" grep -qs 'started role=' "$T/$2.log"
 }
 
 stop() {

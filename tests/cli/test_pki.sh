@@ -352,7 +352,8 @@ printf '[node]\nid = primary\ndata_dir = %s\nsubmit_socket = %s\nlisten = 127.0.
 mkdir -p "$T/data"
 "$PRIMARY" --config "$T/p.ini" >"$T/p.out" 2>"$T/p.log" </dev/null &
 pid=$!
-trap 'kill -KILL "$pid" 2>/dev/null || true; rm -rf "$T"' EXIT
+# shellcheck disable=SC2034 # lib.sh kills it on exit
+PID['p']=$pid
 remote() {
     local who=$1 ca=$2
     shift 2

@@ -14,8 +14,6 @@ source "$(dirname "$0")/lib.sh"
 
 TOOLS=$(cd "$(dirname "$0")/../tools" && pwd)
 PW='Remote-4471-heron-UNIQUE-pw'
-declare -A PID
-trap 'for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
 
 PKI=$T/pki
 "$TOOLS/make-pki.sh" -a alice -a monitor -a stranger "$PKI" primary site-b >/dev/null ||
@@ -179,7 +177,7 @@ conns = []
 while True:
     c, _ = s.accept(); conns.append(c)
 ' "$SILENT" &
-PID[silent]=$!
+PID['silent']=$!
 # One that speaks SMTP, not TLS.
 PLAIN=$(free_port)
 python3 -c '
@@ -194,12 +192,12 @@ while True:
         pass
     c.close()
 ' "$PLAIN" &
-PID[plain]=$!
+PID['plain']=$!
 # A TLS server whose certificate comes from another CA.
 FOREIGN=$(free_port)
 openssl s_server -quiet -accept "127.0.0.1:$FOREIGN" -cert "$PKI/foreign.pem" \
     -key "$PKI/foreign.key" -Verify 1 -CAfile "$PKI/ca.pem" </dev/null >/dev/null 2>&1 &
-PID[foreign]=$!
+PID['foreign']=$!
 sleep 0.5
 
 SERVER=127.0.0.1:$SILENT
@@ -280,22 +278,17 @@ write_config() {
     } >"$T/$name.ini"
 }
 
-# start BIN NAME PORT ID: the daemon in the background, up when status answers.
+# start BIN NAME PORT ID: the daemon in the background, up when status
+# answers over mTLS.
+declare -A UP_AT=() UP_ID=()
+daemon_up() {
+    "$SMTPSYNCCTL" --server "127.0.0.1:${UP_AT[$1]}" --server-id "${UP_ID[$1]}" --ca "$PKI/ca.pem" \
+        --cert "$PKI/monitor.pem" --key "$PKI/monitor.key" status >/dev/null 2>&1
+}
 start() {
-    local bin=$1 name=$2 port=$3 id=$4 i
-    "$bin" --config "$T/$name.ini" >"$T/$name.out" 2>>"$T/$name.log" </dev/null &
-    PID[$name]=$!
-    for ((i = 0; i < 100; i++)); do
-        if "$SMTPSYNCCTL" --server "127.0.0.1:$port" --server-id "$id" --ca "$PKI/ca.pem" \
-            --cert "$PKI/monitor.pem" --key "$PKI/monitor.key" status >/dev/null 2>&1; then
-            pass
-            return 0
-        fi
-        kill -0 "${PID[$name]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    fail "$name did not come up: $(tail -n 20 "$T/$name.log")"
-    return 1
+    UP_AT[$2]=$3
+    UP_ID[$2]=$4
+    daemon_start "$1" "$2" "$T/$2.ini"
 }
 
 PPORT=$(free_port)

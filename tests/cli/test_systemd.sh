@@ -254,13 +254,6 @@ assert_match "sysusers: its group" "$(cat "$T/sysroot/etc/group" 2>/dev/null)" '
 # The daemon under strace: every system call it makes must be in
 # @system-service and in neither @privileged nor @resources, as in the
 # units. (LeakSanitizer cannot run under ptrace: leaks are other tests'.)
-DAEMON_PID=
-# shellcheck disable=SC2317 # run by the EXIT trap
-cleanup() {
-    [ -n "$DAEMON_PID" ] && kill -KILL "$DAEMON_PID" 2>/dev/null
-    rm -rf "$T"
-}
-trap cleanup EXIT
 
 syscall_check() {
     local pki=$T/pki port mport trace_pid i names
@@ -274,7 +267,7 @@ syscall_check() {
         grep -qs 'started role=' "$T/st.log" && break
         sleep 0.1
     done
-    DAEMON_PID=$(pgrep -P "$trace_pid" || true)
+    PID['traced']=$(pgrep -P "$trace_pid" || true)
     assert_true "under strace: the daemon started" grep -qs 'started role=' "$T/st.log"
     run "$SMTPSYNCCTL" --server "127.0.0.1:$port" --server-id primary --ca "$pki/ca.pem" \
         --cert "$pki/alice.pem" --key "$pki/alice.key" status
@@ -284,13 +277,13 @@ syscall_check() {
     run python3 -c 'import sys, urllib.request
 print(urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=10).read().decode())' "$mport"
     assert_exit "under strace: a metrics scrape" 0
-    if [ -n "$DAEMON_PID" ]; then
-        kill -HUP "$DAEMON_PID"
+    if [ -n "${PID[traced]}" ]; then
+        kill -HUP "${PID[traced]}"
         wait_until 10 grep -q 'reload: ' "$T/st.log" || true
-        kill -TERM "$DAEMON_PID"
+        kill -TERM "${PID[traced]}"
     fi
     wait "$trace_pid" || true
-    DAEMON_PID=
+    unset 'PID[traced]'
     assert_true "under strace: the daemon stopped" grep -q 'info stopped' "$T/st.log"
     systemd-analyze syscall-filter >"$T/groups"
     names=$(python3 - "$T/groups" "$T/trace" <<'PY'
