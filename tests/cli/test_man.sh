@@ -44,6 +44,15 @@ has() {
     grep -Eq -- "(^|[^A-Za-z0-9_-])$re([^A-Za-z0-9_-]|\$)" <<<"$1"
 }
 
+# names_all LABEL TEXT WORDS: TEXT names each of WORDS (one per line).
+names_all() {
+    local missing= w
+    while read -r w; do
+        has "$2" "$w" || missing+=" $w"
+    done <<<"$3"
+    assert_eq "$1" "" "$missing"
+}
+
 # ---- no warnings ----
 for page in "$CTL_PAGE" "${PAGE[@]}"; do
     name=$(basename "$page")
@@ -96,11 +105,7 @@ done <<<"$verbs"
 options=$(grep -oE '(^|[][ ,|(])-{1,2}[A-Za-z][A-Za-z0-9-]*' <<<"$helps" |
     sed -E 's/^[][ ,|(]//' | sort -u)
 assert_true "options found in the helps" test "$(wc -l <<<"$options")" -ge 60
-missing=
-while read -r opt; do
-    has "$text" "$opt" || missing+=" $opt"
-done <<<"$options"
-assert_eq "smtpsyncctl.1 names every option of the helps" "" "$missing"
+names_all "smtpsyncctl.1 names every option of the helps" "$text" "$options"
 for env in SMTPSYNC_CONFIG SMTPSYNC_DATA_DIR SMTPSYNC_SOCKET; do
     assert_true "smtpsyncctl.1: ENVIRONMENT has $env" \
         grep -qx "       $env" < <(awk '/^ENVIRONMENT/,/^FILES/' <<<"$text")
@@ -152,11 +157,7 @@ for prog in smtpsync-primary smtpsync-replica; do
         "unsent mail stays in the outbox"
     options=$(grep -oE '(^|[][ ,|(])--[a-z][a-z-]*' <<<"$OUT" | sed -E 's/^[][ ,|(]//' | sort -u)
     assert_true "$prog: options found in --help" test "$(wc -l <<<"$options")" -ge 5
-    missing=
-    while read -r opt; do
-        has "$text" "$opt" || missing+=" $opt"
-    done <<<"$options"
-    assert_eq "$prog.8 names every option of $prog --help" "" "$missing"
+    names_all "$prog.8 names every option of $prog --help" "$text" "$options"
     for sig in SIGTERM SIGINT SIGHUP; do
         assert_true "$prog.8: SIGNALS explains $sig" \
             grep -q "$sig" < <(awk '/^SIGNALS/,/^FILES/' <<<"$text")
@@ -187,10 +188,6 @@ for prog in smtpsync-primary smtpsync-replica; do
     assert_contains "$prog.8: sees the other daemon" "$text" "$other(8)"
     # Every key of the config file is named (the tables of common/config.c).
     keys=$(sed -nE 's/^ *\{"([a-z_]+)", KIND_.*/\1/p' "$SRC/common/config.c" | sort -u)
-    missing=
-    while read -r key; do
-        has "$text" "$key" || missing+=" $key"
-    done <<<"$keys"
-    assert_eq "$prog.8 names every config key" "" "$missing"
+    names_all "$prog.8 names every config key" "$text" "$keys"
 done
 finish
