@@ -46,7 +46,7 @@ has() {
 
 # names_all LABEL TEXT WORDS: TEXT names each of WORDS (one per line).
 names_all() {
-    local missing= w
+    local missing='' w
     while read -r w; do
         has "$2" "$w" || missing+=" $w"
     done <<<"$3"
