@@ -252,6 +252,27 @@ static void run_tls(struct run *r, enum settings_tls_mode mode, const char *trus
     load_cert(&r->set, trust);
 }
 
+/* run_new() with the fake server presenting make-certs.sh's `cert` and
+ * `key`, and the client in TLS `mode` trusting `trust`. */
+static struct run *run_new_tls(struct fake_smtp_params *fp, const char *cert, const char *key,
+                               enum settings_tls_mode mode, const char *trust)
+{
+    char certfile[512], keyfile[512];
+    struct run *r;
+
+    /* Copies: testutil_cert_path() reuses one buffer; the fake server
+     * copies them in turn. */
+    snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path(cert));
+    snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path(key));
+    fp->cert_file = certfile;
+    fp->key_file = keyfile;
+    r = run_new(fp);
+    fp->cert_file = NULL;
+    fp->key_file = NULL;
+    run_tls(r, mode, trust);
+    return r;
+}
+
 static void run_logon(struct run *r, const char *user, const char *password)
 {
     r->set.logon_required = true;
@@ -715,17 +736,11 @@ static void test_smtp_client_auth_plain_starttls(void **state)
 {
     struct fake_smtp_params fp = {
         .starttls = true, .auth = "PLAIN LOGIN", .user = "alice", .password = "s3cret pass"};
-    char certfile[512], keyfile[512];
     struct run *r;
     const struct step_copy *st;
 
     (void)state;
-    snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path("leaf.pem"));
-    snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path("leaf.key"));
-    fp.cert_file = certfile;
-    fp.key_file = keyfile;
-    r = run_new(&fp);
-    run_tls(r, SETTINGS_TLS_STARTTLS, "ca.pem");
+    r = run_new_tls(&fp, "leaf.pem", "leaf.key", SETTINGS_TLS_STARTTLS, "ca.pem");
     run_logon(r, "alice", "s3cret pass");
     run_add(r, &plain_msg);
     run_go(r);
@@ -768,7 +783,6 @@ static void test_smtp_client_auth_plain_starttls(void **state)
 
 static void test_smtp_client_auth_login_implicit_tls(void **state)
 {
-    char certfile[512], keyfile[512];
     struct fake_smtp_params fp = {.implicit_tls = true,
                                   .auth = "LOGIN",
                                   .user = "alice",
@@ -778,12 +792,7 @@ static void test_smtp_client_auth_login_implicit_tls(void **state)
     const struct step_copy *st;
 
     (void)state;
-    snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path("leaf.pem"));
-    snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path("leaf.key"));
-    fp.cert_file = certfile;
-    fp.key_file = keyfile;
-    r = run_new(&fp);
-    run_tls(r, SETTINGS_TLS_STRICT, "ca.pem");
+    r = run_new_tls(&fp, "leaf.pem", "leaf.key", SETTINGS_TLS_STRICT, "ca.pem");
     run_logon(r, "alice", "pw");
     run_add(r, &plain_msg);
     run_go(r);
@@ -933,17 +942,11 @@ static void test_smtp_client_starttls_fallback_never_with_auth(void **state)
 
 static void test_smtp_client_starttls_refused(void **state)
 {
-    char certfile[512], keyfile[512];
     struct fake_smtp_params fp = {.starttls = true};
     struct run *r;
 
     (void)state;
-    snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path("leaf.pem"));
-    snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path("leaf.key"));
-    fp.cert_file = certfile;
-    fp.key_file = keyfile;
-    r = run_new(&fp);
-    run_tls(r, SETTINGS_TLS_STARTTLS, "ca.pem");
+    r = run_new_tls(&fp, "leaf.pem", "leaf.key", SETTINGS_TLS_STARTTLS, "ca.pem");
     fake_smtp_script(r->fake, "STARTTLS", "454 4.7.0 TLS not available due to local problem", 1);
     run_add(r, &plain_msg);
     run_go(r);
@@ -956,17 +959,11 @@ static void test_smtp_client_starttls_refused(void **state)
 /* Octets after the 220 to STARTTLS, in the same read: the session ends. */
 static void test_smtp_client_starttls_injection(void **state)
 {
-    char certfile[512], keyfile[512];
     struct fake_smtp_params fp = {.starttls = true};
     struct run *r;
 
     (void)state;
-    snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path("leaf.pem"));
-    snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path("leaf.key"));
-    fp.cert_file = certfile;
-    fp.key_file = keyfile;
-    r = run_new(&fp);
-    run_tls(r, SETTINGS_TLS_STARTTLS, "ca.pem");
+    r = run_new_tls(&fp, "leaf.pem", "leaf.key", SETTINGS_TLS_STARTTLS, "ca.pem");
     fake_smtp_script(r->fake, "STARTTLS", "220 ready\r\n250 injected\r\n", 1);
     run_add(r, &plain_msg);
     run_go(r);
@@ -980,16 +977,10 @@ static void test_smtp_client_starttls_injection(void **state)
 /* Implicit TLS: name and trust checks. */
 static struct run *tls_run(const char *cert, const char *key, const char *trust, const char *host)
 {
-    char certfile[512], keyfile[512];
     struct fake_smtp_params fp = {.implicit_tls = true};
     struct run *r;
 
-    snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path(cert));
-    snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path(key));
-    fp.cert_file = certfile;
-    fp.key_file = keyfile;
-    r = run_new(&fp);
-    run_tls(r, SETTINGS_TLS_STRICT, trust);
+    r = run_new_tls(&fp, cert, key, SETTINGS_TLS_STRICT, trust);
     r->params.host = host;
     run_add(r, &plain_msg);
     run_go(r);
@@ -1077,17 +1068,11 @@ static void test_smtp_client_tls_not_tls(void **state)
 
 static void test_smtp_client_tls_version(void **state)
 {
-    char certfile[512], keyfile[512];
     struct fake_smtp_params fp = {.implicit_tls = true, .tls_max_version = TLS1_1_VERSION};
     struct run *r;
 
     (void)state;
-    snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path("leaf.pem"));
-    snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path("leaf.key"));
-    fp.cert_file = certfile;
-    fp.key_file = keyfile;
-    r = run_new(&fp);
-    run_tls(r, SETTINGS_TLS_STRICT, "ca.pem");
+    r = run_new_tls(&fp, "leaf.pem", "leaf.key", SETTINGS_TLS_STRICT, "ca.pem");
     run_go(r);
     assert_int_equal(r->closed_fail, SMTP_FAIL_TLS_VERSION);
     /* The step carries OpenSSL's reason. */
@@ -1102,18 +1087,12 @@ static void test_smtp_client_tls_version(void **state)
  * OpenSSL's reason, rather than just "connection closed". */
 static void test_smtp_client_tls_closed_silently(void **state)
 {
-    char certfile[512], keyfile[512];
     struct fake_smtp_params fp = {.implicit_tls = true, .tls_silent_close = true};
     const struct step_copy *st;
     struct run *r;
 
     (void)state;
-    snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path("leaf.pem"));
-    snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path("leaf.key"));
-    fp.cert_file = certfile;
-    fp.key_file = keyfile;
-    r = run_new(&fp);
-    run_tls(r, SETTINGS_TLS_STRICT, "ca.pem");
+    r = run_new_tls(&fp, "leaf.pem", "leaf.key", SETTINGS_TLS_STRICT, "ca.pem");
     run_add(r, &plain_msg);
     run_go(r);
     assert_int_equal(r->closed_fail, SMTP_FAIL_TLS_HANDSHAKE);
@@ -1220,29 +1199,20 @@ struct phase_case {
 
 static void phase_case_run(const struct phase_case *pc)
 {
-    char certfile[512], keyfile[512];
-    struct fake_smtp_params fp = {.pipelining = pc->pipelining};
+    struct fake_smtp_params fp = {.pipelining = pc->pipelining, .starttls = pc->starttls};
     const struct step_copy *last;
     size_t nfailed = 0;
     struct run *r;
 
-    if (pc->starttls) {
-        snprintf(certfile, sizeof(certfile), "%s", testutil_cert_path("leaf.pem"));
-        snprintf(keyfile, sizeof(keyfile), "%s", testutil_cert_path("leaf.key"));
-        fp.cert_file = certfile;
-        fp.key_file = keyfile;
-        fp.starttls = true;
-    }
     if (pc->logon) {
         fp.auth = "PLAIN";
         fp.user = "alice";
         fp.password = "pw";
     }
-    r = run_new(&fp);
+    r = pc->starttls ? run_new_tls(&fp, "leaf.pem", "leaf.key", SETTINGS_TLS_STARTTLS, "ca.pem")
+                     : run_new(&fp);
     r->params.verbose_steps = true;
     r->set.timeouts.mail = 1;
-    if (pc->starttls)
-        run_tls(r, SETTINGS_TLS_STARTTLS, "ca.pem");
     if (pc->logon) {
         run_logon(r, "alice", "pw");
         r->set.allow_plaintext_auth = true;
