@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The helper scripts around smtpsyncctl: deploy/demo removes only what it
 # made, deploy/install-deps says plainly when it cannot install, and
-# tests/tools/make-certs.sh makes its files anew when the script changes.
+# tests/tools/make-certs.sh makes its files anew when it or its signer changes.
 source "$(dirname "$0")/lib.sh"
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -110,12 +110,13 @@ assert_contains "install-deps without root or sudo" "$ERR" "run as root or insta
 assert_contains "install-deps names what is missing" "$ERR" "libuv1-dev"
 assert_true "install-deps did not run apt-get" test ! -e "$T/apt-called"
 
-# --- tests/tools/make-certs.sh: .done holds the script's hash ------------
+# --- tests/tools/make-certs.sh: .done holds the hash of the script and of
+# the signer it uses ----------------------------------------------------------
 make_certs=$top/tests/tools/make-certs.sh
-sum=$(sha256sum "$make_certs" | cut -d' ' -f1)
+sum=$(cat "$make_certs" "$top/tests/tools/sign-cert.sh" | sha256sum | cut -d' ' -f1)
 run "$make_certs" "$T/certs"
 assert_exit "make-certs" 0
-assert_eq "make-certs: .done holds the script's SHA-256" "$sum" "$(cat "$T/certs/.done")"
+assert_eq "make-certs: .done holds the scripts' SHA-256" "$sum" "$(cat "$T/certs/.done")"
 before=$(sha256sum "$T/certs/ca.pem")
 run "$make_certs" "$T/certs"
 assert_exit "make-certs again" 0

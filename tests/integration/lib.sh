@@ -29,7 +29,7 @@
 #                         with its dialogue in $T/NAME.smtp, delivering into
 #                         $T/NAME.mail; sets HOSTILE_PORT
 #   hostile_sent NAME VERB   the client sent the command VERB to it
-#   make_cert OUT CN SAN CA_PEM CA_KEY [START END]   a server certificate
+#   make_cert OUT CN SAN ISSUER [START END]   a server certificate
 #                         OUT.pem / OUT.key, made with the openssl CLI
 #
 # Daemons:
@@ -160,38 +160,10 @@ hostile_delivered() {
 
 # ---- certificates ----
 
+# make_cert OUT CN SAN ISSUER [START END]: a server certificate OUT.pem /
+# OUT.key signed by ISSUER.pem/.key, valid 30 days or START..END.
 make_cert() {
-    local out=$1 cn=$2 san=$3 ca=$4 cakey=$5 start=${6:-} end=${7:-} d
-    d=$(mktemp -d "$T/ca.XXXXXX")
-    mkdir -p "$d/new"
-    : >"$d/index.txt"
-    echo 2000 >"$d/serial"
-    cat >"$d/ca.cnf" <<CNF
-[ ca ]
-default_ca = c
-[ c ]
-dir = $d
-database = \$dir/index.txt
-new_certs_dir = \$dir/new
-serial = \$dir/serial
-default_md = sha256
-policy = any
-copy_extensions = copy
-unique_subject = no
-[ any ]
-commonName = supplied
-[ leaf ]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-CNF
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
-        -addext "subjectAltName = $san" -keyout "$out.key" -out "$d/req.csr" >/dev/null 2>&1
-    local dates=(-days 30)
-    [ -n "$start" ] && dates=(-startdate "$start" -enddate "$end")
-    openssl ca -batch -config "$d/ca.cnf" -cert "$ca" -keyfile "$cakey" -extensions leaf \
-        "${dates[@]}" -in "$d/req.csr" -out "$out.pem" -notext >/dev/null 2>&1
-    rm -rf "$d"
+    DAYS=30 "$SMTPSYNC_TOOLS/sign-cert.sh" "$1" "$2" "$3" server "$4" "${@:5}"
 }
 
 # ---- daemons ----

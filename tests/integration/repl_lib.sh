@@ -78,38 +78,7 @@ step() {
 # admin_cert OUT CN ISSUER [START END]: a client certificate OUT.pem /
 # OUT.key for CN (SAN DNS:CN, EKU clientAuth) signed by ISSUER.pem/.key.
 admin_cert() {
-    local out=$1 cn=$2 issuer=$3 start=${4:-} end=${5:-} d
-    d=$(mktemp -d "$T/ca.XXXXXX")
-    mkdir -p "$d/new"
-    : >"$d/index.txt"
-    echo 3000 >"$d/serial"
-    cat >"$d/ca.cnf" <<CNF
-[ ca ]
-default_ca = c
-[ c ]
-dir = $d
-database = \$dir/index.txt
-new_certs_dir = \$dir/new
-serial = \$dir/serial
-default_md = sha256
-policy = any
-copy_extensions = copy
-unique_subject = no
-[ any ]
-commonName = supplied
-[ admin ]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = clientAuth
-CNF
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
-        -addext "subjectAltName = DNS:$cn" -keyout "$out.key" -out "$d/req.csr" >/dev/null 2>&1
-    local dates=(-days 30)
-    [ -n "$start" ] && dates=(-startdate "$start" -enddate "$end")
-    openssl ca -batch -config "$d/ca.cnf" -cert "$issuer.pem" -keyfile "$issuer.key" \
-        -extensions admin "${dates[@]}" -in "$d/req.csr" -out "$out.pem" -notext >/dev/null 2>&1
-    chmod 600 "$out.key"
-    rm -rf "$d"
+    DAYS=30 "$SMTPSYNC_TOOLS/sign-cert.sh" "$1" "$2" "DNS:$2" admin "$3" "${@:4}"
 }
 
 node_config() {

@@ -17,11 +17,10 @@ chmod 600 "$PW"
 # Certificates the scenarios serve, all for 127.0.0.1 unless the name is
 # the point: a good one, one for another name, one from another CA, an
 # expired one.
-make_cert "$T/good" mail.test "DNS:mail.test, IP:127.0.0.1" "$CERTS/ca.pem" "$CERTS/ca.key"
-make_cert "$T/wrong" wrong.test "DNS:wrong.test" "$CERTS/ca.pem" "$CERTS/ca.key"
-make_cert "$T/otherca" mail.test "DNS:mail.test, IP:127.0.0.1" "$CERTS/other-ca.pem" \
-    "$CERTS/other-ca.key"
-make_cert "$T/expired" mail.test "DNS:mail.test, IP:127.0.0.1" "$CERTS/ca.pem" "$CERTS/ca.key" \
+make_cert "$T/good" mail.test "DNS:mail.test, IP:127.0.0.1" "$CERTS/ca"
+make_cert "$T/wrong" wrong.test "DNS:wrong.test" "$CERTS/ca"
+make_cert "$T/otherca" mail.test "DNS:mail.test, IP:127.0.0.1" "$CERTS/other-ca"
+make_cert "$T/expired" mail.test "DNS:mail.test, IP:127.0.0.1" "$CERTS/ca" \
     20200101000000Z 20200201000000Z
 
 # configure DATA ID PORT CLIENT-MODE [extra settings options...]: a draft

@@ -13,41 +13,17 @@
 #   garbage.pem               a CERTIFICATE block whose body is not a certificate
 #
 # Usage: make-certs.sh DIR   (idempotent: does nothing if DIR/.done holds the
-# SHA-256 of this script; a changed script makes every file anew)
+# SHA-256 of this script and sign-cert.sh; a change makes every file anew)
 set -euo pipefail
 dir=${1:?usage: make-certs.sh DIR}
-self=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
+tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+self=$(cat "${BASH_SOURCE[0]}" "$tools/sign-cert.sh" | sha256sum | cut -d' ' -f1)
 [ -f "$dir/.done" ] && [ "$(cat "$dir/.done")" = "$self" ] && exit 0
 mkdir -p "$dir"
 cd "$dir"
 # Not done until every file below is made again.
 rm -f .done
-rm -rf ca-db && mkdir -p ca-db/new && : > ca-db/index.txt && echo 1000 > ca-db/serial
-
-cat > ca.cnf <<'CNF'
-[ ca ]
-default_ca = test_ca
-[ test_ca ]
-dir = ./ca-db
-database = $dir/index.txt
-new_certs_dir = $dir/new
-serial = $dir/serial
-default_md = sha256
-policy = any
-copy_extensions = copy
-unique_subject = no
-[ any ]
-commonName = supplied
-[ req ]
-distinguished_name = dn
-prompt = no
-[ dn ]
-CN = placeholder
-[ v3_leaf ]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-CNF
+rm -rf ca-db ca.cnf
 
 q() { "$@" >/dev/null 2>&1 || { echo "make-certs: failed: $*" >&2; "$@"; exit 1; }; }
 
@@ -56,18 +32,9 @@ q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365
 q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
     -subj "/CN=unrelated test CA" -keyout other-ca.key -out other-ca.pem
 
-# leaf NAME CN SAN [STARTDATE ENDDATE]
+# leaf NAME CN SAN [STARTDATE ENDDATE]: a server certificate of the CA.
 leaf() {
-    local name=$1 cn=$2 san=$3 start=${4:-} end=${5:-}
-    local ext=()
-    [ -n "$san" ] && ext=(-addext "subjectAltName = $san")
-    q openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
-        "${ext[@]}" -keyout "$name.key" -out "$name.csr"
-    local dates=(-days 3650)
-    [ -n "$start" ] && dates=(-startdate "$start" -enddate "$end")
-    q openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -extensions v3_leaf \
-        "${dates[@]}" -in "$name.csr" -out "$name.pem" -notext
-    rm -f "$name.csr"
+    DAYS=3650 "$tools/sign-cert.sh" "$1" "$2" "$3" server ca "${@:4}"
 }
 
 leaf leaf mail.test "DNS:mail.test, DNS:*.wild.test, IP:127.0.0.1, IP:::1"

@@ -17,15 +17,17 @@
 #   chain-NODE.pem              NODE.pem followed by ca.pem
 #
 # Usage: make-pki.sh [-a ADMIN_ID]... DIR NODE_ID...
-# Idempotent: nothing is done when DIR/.done holds the SHA-256 of this script
-# and of the arguments; otherwise every file is made anew.
+# Idempotent: nothing is done when DIR/.done holds the SHA-256 of this script,
+# sign-cert.sh, deploy/smtpsync-pki and the arguments; otherwise every file
+# is made anew.
 #
 # The CA, node and admin certificates (and other-ca, foreign, renewed) are
 # made by the operator's tool, deploy/smtpsync-pki, so the tests run on
 # what a deployment gets; the certificates that tool cannot make (no SAN,
-# dates in the past or future) by `openssl ca` here.
+# dates in the past or future) by tests/tools/sign-cert.sh.
 set -euo pipefail
-pki_tool=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../deploy" && pwd)/smtpsync-pki
+tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+pki_tool=$(cd "$tools/../../deploy" && pwd)/smtpsync-pki
 admins=()
 while getopts a: opt; do
     case $opt in
@@ -42,38 +44,15 @@ for id in "${nodes[@]}" "${admins[@]}"; do
     [[ $id =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || { echo "make-pki: bad id '$id'" >&2; exit 2; }
 done
 
-stamp=$({ sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1; printf '%s\n' "${nodes[@]}" -- "${admins[@]}"; } |
-    sha256sum | cut -d' ' -f1)
+stamp=$({ cat "${BASH_SOURCE[0]}" "$tools/sign-cert.sh" "$pki_tool" | sha256sum | cut -d' ' -f1
+    printf '%s\n' "${nodes[@]}" -- "${admins[@]}"; } | sha256sum | cut -d' ' -f1)
 [ -f "$dir/.done" ] && [ "$(cat "$dir/.done")" = "$stamp" ] && exit 0
 umask 077
 mkdir -p "$dir"
 cd "$dir"
 rm -f .done
-rm -rf ca-db .other .renew
+rm -rf ca-db ca.cnf .other .renew
 rm -f ca.pem ca.key other-ca.pem other-ca.key
-mkdir -p ca-db/new && : > ca-db/index.txt && echo 1000 > ca-db/serial
-
-cat > ca.cnf <<'CNF'
-[ ca ]
-default_ca = pki_ca
-[ pki_ca ]
-dir = ./ca-db
-database = $dir/index.txt
-new_certs_dir = $dir/new
-serial = $dir/serial
-default_md = sha256
-policy = any
-copy_extensions = copy
-unique_subject = no
-[ any ]
-commonName = supplied
-[ v3_node ]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth, clientAuth
-CNF
-
-q() { "$@" >/dev/null 2>&1 || { echo "make-pki: failed: $*" >&2; "$@"; exit 1; }; }
 
 # pki DIR ARGS...: deploy/smtpsync-pki -d DIR ARGS... (its stderr on failure).
 pki() {
@@ -88,19 +67,10 @@ take() {
     mv -f "$1.key" "$2.key"
 }
 
-# cert NAME CN SAN STARTDATE ENDDATE: a node certificate of the deployment CA
-# with the given dates (SAN may be empty).
+# cert NAME CN SAN [STARTDATE ENDDATE]: a node certificate of the deployment
+# CA with the given dates (SAN may be empty).
 cert() {
-    local name=$1 cn=$2 san=$3 start=$4 end=$5
-    local sanopt=()
-    [ -n "$san" ] && sanopt=(-addext "subjectAltName = $san")
-    q openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
-        "${sanopt[@]}" -keyout "$name.key" -out "$name.csr"
-    local dates=(-days 825)
-    [ -n "$start" ] && dates=(-startdate "$start" -enddate "$end")
-    q openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key \
-        -extensions v3_node "${dates[@]}" -in "$name.csr" -out "$name.pem" -notext
-    rm -f "$name.csr"
+    "$tools/sign-cert.sh" "$1" "$2" "$3" node ca "${@:4}"
 }
 
 first=${nodes[0]}
@@ -127,7 +97,7 @@ ln -f ca.pem ca.key .renew/
 pki .renew node "$first" --ip 127.0.0.1 --days 400
 take ".renew/$first" renewed
 rm -rf .other .renew
-cert cnonly cnonly "" "" ""
+cert cnonly cnonly ""
 cert expired "$first" "DNS:$first" 20200101000000Z 20200201000000Z
 cert future "$first" "DNS:$first" 20990101000000Z 20991231000000Z
 chmod 600 ./*.key
